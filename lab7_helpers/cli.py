@@ -1,0 +1,119 @@
+"""The ``lab7`` command line: ``lab7 run`` runs the whole lab and writes a report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from .data import PairFileError
+from .run import LabSettings, default_model, run_lab
+
+DEFAULTS = LabSettings()
+
+
+def _number(kind, minimum: float, inclusive: bool, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"{what}, got {text}")
+        return value
+    return parse
+
+
+def _betas(text: str) -> list[float]:
+    parse = _number(float, 0, True, "each beta must be >= 0")
+    return [parse(part) for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lab7", description="Lab 7: KL-regularized fine-tuning and DPO.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the whole lab (KL update, DPO, evaluation) and write a report",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    positive_int = _number(int, 1, True, "must be a whole number >= 1")
+    positive = _number(float, 0, False, "must be > 0")
+    non_negative = _number(float, 0, True, "must be >= 0")
+    run.add_argument("--model", default=None, help="tiny-gpt2, smollm2-135m, a local folder or a Hub name "
+                     "(default: gpt2 if it can be loaded, else smollm2-135m)")
+    run.add_argument("--pairs", default=DEFAULTS.pairs, help="JSONL file of prompt/chosen/rejected pairs")
+    run.add_argument("--out", type=Path, default=None, help="output folder (must not exist; default: runs/<time>-<model>)")
+    run.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    run.add_argument("--test-fraction", type=_number(float, 0, False, "must be between 0 and 1"),
+                     default=DEFAULTS.test_fraction)
+    run.add_argument("--max-length", type=_number(int, 16, True, "must be >= 16 tokens (template + response)"),
+                     default=DEFAULTS.max_length)
+    run.add_argument("--kl-beta", type=non_negative, default=DEFAULTS.kl_beta)
+    run.add_argument("--kl-lr", type=positive, default=DEFAULTS.kl_lr)
+    run.add_argument("--kl-steps", type=positive_int, default=DEFAULTS.kl_steps)
+    run.add_argument("--kl-beta-sweep", type=_betas, default=[], metavar="B1,B2,...",
+                     help="also run the KL update for each beta and plot NLL against KL, e.g. 0,0.05,0.2,1")
+    run.add_argument("--dpo-beta", type=positive, default=DEFAULTS.dpo_beta)
+    run.add_argument("--dpo-lr", type=positive, default=DEFAULTS.dpo_lr)
+    run.add_argument("--dpo-epochs", type=positive_int, default=DEFAULTS.dpo_epochs)
+    run.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
+    run.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
+    run.add_argument("--temperature", type=non_negative, default=DEFAULTS.temperature, help="0 = greedy")
+    run.add_argument("--top-p", type=_number(float, 0, False, "must be in (0, 1]"), default=DEFAULTS.top_p)
+    run.add_argument("--with-trl", action="store_true", help="also train a DPO model with TRL's DPOTrainer")
+    run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter the lab cannot fix, so that our own progress bars and messages stand out."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient[_ ]checkpointing.*")
+    import datasets
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_p > 1 or args.test_fraction >= 1:
+        print("lab7: error: --top-p must be <= 1 and --test-fraction < 1", file=sys.stderr)
+        return 2
+    if not Path(args.pairs).is_file():
+        print(f"lab7: error: pairs file not found: {args.pairs}", file=sys.stderr)
+        return 2
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        print(f"lab7: error: the output folder {args.out} already exists and is not empty; "
+              "choose a new --out so no earlier results are overwritten", file=sys.stderr)
+        return 2
+    quiet_libraries()
+    if args.model is None:
+        args.model, why = default_model()
+        print(f"lab7: using model {args.model} ({why}; choose another with --model)", file=sys.stderr)
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
+    settings = LabSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "out")})
+    started = time.time()
+    try:
+        run = run_lab(settings, out)
+    except PairFileError as err:
+        print(f"lab7: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlab7: interrupted; finished stages are in {out}/report.html", file=sys.stderr)
+        return 130
+    print(f"\nLab 7 finished in {time.time() - started:.0f} s on {settings.model}.\n")
+    print(run["metrics"][["len_words", "repetition", "refusal_rate", "pref_acc", "reward_acc", "kl_to_ref"]]
+          .to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"\nReport: {out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

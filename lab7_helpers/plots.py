@@ -1,0 +1,66 @@
+"""Matplotlib figures for the lab: training curves, the beta sweep and the evaluation metrics."""
+
+from __future__ import annotations
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def _curves(history: pd.DataFrame, panels: list[tuple[str, list[str]]], title: str) -> Figure:
+    fig = Figure(figsize=(4 * len(panels), 3.2), layout="constrained")
+    for ax, (label, columns) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for column in columns:
+            ax.plot(history.index, history[column], marker="." if len(history) < 50 else None,
+                    label=column.split("/")[-1])
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        if len(columns) > 1:
+            ax.legend()
+    fig.suptitle(title)
+    return fig
+
+
+def plot_kl_history(history: pd.DataFrame) -> Figure:
+    """Loss, NLL and KL per step of ``train_kl``."""
+    return _curves(history, [("loss = NLL + beta * KL", ["loss"]), ("NLL (mean per token)", ["nll"]),
+                             ("KL to reference (mean per token)", ["kl"])], "KL-regularized update")
+
+
+def plot_dpo_history(history: pd.DataFrame, title: str = "DPO") -> Figure:
+    """DPO loss, implicit rewards and reward accuracy per step (``train_dpo`` or ``train_dpo_trl``)."""
+    smooth = history.rolling(max(1, len(history) // 10), min_periods=1).mean()
+    return _curves(smooth, [("loss", ["loss"]),
+                            ("implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+                            ("reward accuracy", ["rewards/accuracies"])],
+                   f"{title} (running mean over {max(1, len(history) // 10)} steps)")
+
+
+def plot_beta_sweep(sweep: pd.DataFrame) -> Figure:
+    """NLL against KL after the KL update, one point per beta: the trade-off beta controls."""
+    fig = Figure(figsize=(5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(sweep["kl"], sweep["nll"], marker="o")
+    for beta, row in sweep.iterrows():
+        ax.annotate(f"beta={beta:g}", (row["kl"], row["nll"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("KL to reference (nats per token)")
+    ax.set_ylabel("NLL of chosen responses")
+    ax.set_title("Beta sweep: stay close vs. imitate")
+    return fig
+
+
+def plot_metrics(metrics: pd.DataFrame) -> Figure:
+    """One small bar chart per evaluation metric, a bar per model."""
+    columns = list(metrics.columns)
+    n_cols = 4
+    n_rows = -(-len(columns) // n_cols)
+    fig = Figure(figsize=(3.2 * n_cols, 2.6 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).flatten()
+    colors = [f"C{i}" for i in range(len(metrics))]
+    for ax, column in zip(axes, columns):
+        ax.bar(metrics.index, metrics[column].fillna(0), color=colors)
+        ax.set_title(column, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for ax in axes[len(columns):]:
+        ax.set_visible(False)
+    fig.suptitle("Evaluation on held-out pairs")
+    return fig

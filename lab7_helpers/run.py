@@ -1,0 +1,162 @@
+"""The lab's main job, end to end: KL update, DPO (ours, optionally TRL's), evaluation, plots and a report.
+
+One frozen base model is the reference of both updates and the "base" row of the evaluation; each update
+trains its own copy, so at most four copies exist (base, KL, DPO, DPO through TRL).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from .data import load_pairs, split_pairs
+from .evaluation import evaluate_models
+from .models import SMOLLM2, TINY_GPT2, freeze, load_model, trainable_copy
+from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
+from .report import render_report, save_csv, save_figure, save_generations, write_atomic
+from .training import kl_beta_sweep, train_dpo, train_kl
+
+
+
+def _bundled_pairs() -> Path:
+    """The sample pairs: in the package when installed from a wheel (Colab), in ``data/`` in a checkout."""
+    installed = Path(str(resources.files("lab7_helpers"))) / "sample_data" / "dpo_pairs.jsonl"
+    return installed if installed.is_file() else Path(__file__).resolve().parent.parent / "data" / "dpo_pairs.jsonl"
+
+
+BUNDLED_PAIRS = _bundled_pairs()
+
+
+@dataclass
+class LabSettings:
+    """Every knob of a run; the defaults follow the original lab."""
+    model: str = "gpt2"
+    pairs: str = str(BUNDLED_PAIRS)
+    seed: int = 0
+    test_fraction: float = 0.2
+    max_length: int = 256
+    kl_beta: float = 0.05
+    kl_lr: float = 5e-5
+    kl_steps: int = 30
+    dpo_beta: float = 0.1
+    dpo_lr: float = 5e-6
+    dpo_epochs: int = 1
+    batch_size: int = 1
+    max_new_tokens: int = 80
+    temperature: float = 0.8
+    top_p: float = 0.95
+    with_trl: bool = False
+    kl_beta_sweep: list[float] = field(default_factory=list)
+    device: str | None = None
+
+
+def planned_stages(settings: LabSettings) -> list[str]:
+    return (["KL update"] + (["beta sweep"] if settings.kl_beta_sweep else []) + ["DPO"]
+            + (["DPO (TRL)"] if settings.with_trl else []) + ["evaluation"])
+
+
+def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
+    """Run every stage, writing outputs into ``out`` (which must not exist yet, or be empty) as each finishes.
+
+    Files: ``report.html``, ``settings.json``, ``history_kl.csv``, ``history_dpo.csv`` (and ``history_dpo_trl.csv``,
+    ``beta_sweep.csv``), ``metrics.csv``, ``generations.jsonl`` and one PNG per plot. The report is rewritten
+    after each stage and lists which stages finished. Returns the run's state (DataFrames and settings).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")
+    run: dict = {"settings": asdict(settings), "stages": [], "planned_stages": planned_stages(settings),
+                 "notes": [], "figures": {}}
+
+    def finish(stage: str, **figures) -> None:
+        for name, fig in figures.items():
+            save_figure(fig, out / f"{name}.png")
+            run["figures"][name] = f"{name}.png"
+        run["stages"].append(stage)
+        write_atomic(out / "report.html", render_report(run))
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pairs = load_pairs(settings.pairs)
+    run["notes"] += [str(w.message) for w in caught]
+    train, test = split_pairs(pairs, settings.test_fraction, settings.seed)
+    run["notes"].append(f"{len(pairs)} pairs from {settings.pairs}: {len(train)} for training, {len(test)} held out.")
+    if settings.model == TINY_GPT2:
+        run["notes"].append("tiny-gpt2 has random weights: its text is gibberish and its numbers only show that "
+                            "the pipeline works. Use smollm2-135m or gpt2 for real results.")
+    write_atomic(out / "report.html", render_report(run))
+
+    base, tokenizer = load_model(settings.model, settings.device)
+    ref = freeze(base)
+    common = dict(batch_size=settings.batch_size, seed=settings.seed, max_length=settings.max_length,
+                  progress=progress)
+
+    policy_kl = trainable_copy(ref)
+    run["kl_history"] = train_kl(policy_kl, ref, tokenizer, train, settings.kl_beta, settings.kl_lr,
+                                 settings.kl_steps, **common)
+    save_csv(run["kl_history"], out / "history_kl.csv")
+    finish("KL update", kl_history=plot_kl_history(run["kl_history"]))
+
+    if settings.kl_beta_sweep:
+        run["beta_sweep"] = kl_beta_sweep(ref, tokenizer, train, settings.kl_beta_sweep, lr=settings.kl_lr,
+                                          steps=settings.kl_steps, **common)
+        save_csv(run["beta_sweep"], out / "beta_sweep.csv")
+        finish("beta sweep", beta_sweep=plot_beta_sweep(run["beta_sweep"]))
+
+    policy_dpo = trainable_copy(ref)
+    run["dpo_history"] = train_dpo(policy_dpo, ref, tokenizer, train, settings.dpo_beta, settings.dpo_lr,
+                                   settings.dpo_epochs, **common)
+    save_csv(run["dpo_history"], out / "history_dpo.csv")
+    finish("DPO", dpo_history=plot_dpo_history(run["dpo_history"], "DPO (our loop)"))
+
+    models = {"base": ref, "kl": policy_kl, "dpo": policy_dpo}
+    if settings.with_trl:
+        from .trl_dpo import train_dpo_trl
+
+        policy_trl = trainable_copy(ref)
+        run["dpo_trl_history"] = train_dpo_trl(policy_trl, ref, tokenizer, train, settings.dpo_beta,
+                                               settings.dpo_lr, settings.dpo_epochs, settings.batch_size,
+                                               settings.seed, settings.max_length)
+        save_csv(run["dpo_trl_history"], out / "history_dpo_trl.csv")
+        own, trl = run["dpo_history"]["loss"].iloc[0], run["dpo_trl_history"]["loss"].iloc[0]
+        run["parity"] = {"first-step loss (ours)": own, "first-step loss (TRL)": trl, "|difference|": abs(own - trl),
+                         "expected (log 2)": math.log(2)}
+        models["dpo_trl"] = policy_trl
+        finish("DPO (TRL)", dpo_trl_history=plot_dpo_history(run["dpo_trl_history"], "DPO (TRL DPOTrainer)"))
+
+    run["metrics"], run["generations"] = evaluate_models(
+        models, ref, tokenizer, test, beta=settings.dpo_beta, seed=settings.seed,
+        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
+        max_length=settings.max_length, progress=progress)
+    save_csv(run["metrics"], out / "metrics.csv")
+    save_generations(run["generations"], out / "generations.jsonl")
+    finish("evaluation", metrics=plot_metrics(run["metrics"]))
+    return run
+
+
+def default_model(timeout: float = 3.0) -> tuple[str, str]:
+    """``("gpt2", why)`` when GPT-2 is in the Hugging Face cache or the Hub answers within ``timeout`` seconds,
+    else ``("smollm2-135m", why)``."""
+    import os
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache("gpt2", "model.safetensors"), str):
+        return "gpt2", "found gpt2 in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return SMOLLM2, "HF_HUB_OFFLINE is set, so gpt2 cannot be downloaded"
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(lambda: socket.create_connection(("huggingface.co", 443), timeout=timeout).close()).result(
+            timeout + 1)
+        return "gpt2", "the Hugging Face Hub is reachable"
+    except (OSError, FutureTimeout):
+        return SMOLLM2, "the Hugging Face Hub is not reachable from here"
+    finally:
+        pool.shutdown(wait=False)

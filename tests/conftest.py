@@ -1,0 +1,51 @@
+"""Shared fixtures. Everything runs offline on ``tiny-gpt2`` (random weights, GPT-2's real tokenizer)."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of waiting on a network that is not there
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lab7_helpers import freeze, load_model, trainable_copy  # noqa: E402
+
+PAIRS = [
+    {"prompt": "Give advice to a student who is behind.", "chosen": "Pick one small task and finish it today.",
+     "rejected": "Just work harder."},
+    {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "It is 5, as everybody knows, no doubt about it."},
+    {"prompt": "Say hello.", "chosen": "Hello! How can I help?", "rejected": "Go away."},
+]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(frozen base model, tokenizer). Tests that train take a ``trainable_copy``."""
+    model, tokenizer = load_model("tiny-gpt2", device="cpu")
+    return freeze(model), tokenizer
+
+
+@pytest.fixture
+def tokenizer(tiny):
+    return tiny[1]
+
+
+@pytest.fixture
+def pairs():
+    return [dict(p) for p in PAIRS]
+
+
+def perturbed_copy(model, scale=0.05, seed=1):
+    """A trainable copy whose weights differ from ``model``'s, so policy != reference."""
+    policy = trainable_copy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+    return policy
+
+
+@pytest.fixture
+def policy(tiny):
+    return perturbed_copy(tiny[0])

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lab7_helpers.cli import main
+from lab7_helpers.run import BUNDLED_PAIRS
+
+OUTPUTS = ["report.html", "settings.json", "history_kl.csv", "history_dpo.csv", "history_dpo_trl.csv",
+           "beta_sweep.csv", "metrics.csv", "generations.jsonl", "kl_history.png", "dpo_history.png",
+           "dpo_trl_history.png", "beta_sweep.png", "metrics.png"]
+FAST = ["--model", "tiny-gpt2", "--kl-steps", "2", "--max-new-tokens", "4", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def small_pairs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    path.write_text("".join(BUNDLED_PAIRS.read_text().splitlines(keepends=True)[::10]))  # 13 pairs
+    return path
+
+
+@pytest.fixture(scope="module")
+def full_run(small_pairs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl",
+                 "--kl-beta-sweep", "0,1"]) == 0
+    return out
+
+
+def test_run_writes_every_output(full_run):
+    assert sorted(p.name for p in full_run.iterdir()) == sorted(OUTPUTS)
+    metrics = pd.read_csv(full_run / "metrics.csv", index_col="model")
+    assert list(metrics.index) == ["base", "kl", "dpo", "dpo_trl"]
+    assert metrics.notna().all().all() or metrics.drop(columns=["pref_acc_chosen_longer",
+                                                                "pref_acc_chosen_shorter"]).notna().all().all()
+    assert metrics.loc["base", "reward_acc"] == 0.0 and metrics.loc["base", "kl_to_ref"] == 0.0
+    generations = [json.loads(line) for line in (full_run / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == 3 and set(generations[0]) == {"prompt", "base", "kl", "dpo", "dpo_trl"}
+    report = (full_run / "report.html").read_text()
+    assert "random weights" in report and "not run / not finished" not in report
+    assert all(f'src="{name}"' in report for name in OUTPUTS if name.endswith(".png"))
+    assert pd.read_csv(full_run / "history_kl.csv").shape == (2, 4)
+
+
+def test_same_seed_gives_byte_identical_outputs(full_run, small_pairs, tmp_path):
+    out = tmp_path / "again"
+    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl",
+                 "--kl-beta-sweep", "0,1"]) == 0
+    for name in ["history_kl.csv", "history_dpo.csv", "beta_sweep.csv", "metrics.csv", "generations.jsonl"]:
+        assert (out / name).read_bytes() == (full_run / name).read_bytes(), name
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "lab7_helpers.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def exit_code(args) -> int:
+    try:
+        return main(args)
+    except SystemExit as stop:  # argparse exits 2 on a bad argument
+        return stop.code
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kl-beta", "-1"], "must be >= 0"),
+    (["--kl-steps", "0"], "must be a whole number >= 1"),
+    (["--dpo-lr", "0"], "must be > 0"),
+    (["--max-length", "4"], "must be >= 16"),
+    (["--kl-beta-sweep", "0,x"], "is not a float"),
+    (["--pairs", "no/such/file.jsonl"], "pairs file not found: no/such/file.jsonl"),
+])
+def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
+    assert exit_code(["run", *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_pairs_file_names_every_bad_line_without_a_traceback(tmp_path):
+    example = Path(BUNDLED_PAIRS).with_name("lab6_style_example.jsonl")
+    result = run_cli("run", "--model", "tiny-gpt2", "--pairs", str(example), "--out", str(tmp_path / "x"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    for line in (5, 6, 7, 8):
+        assert f"lab6_style_example.jsonl:{line}:" in result.stderr
+
+
+def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("earlier results")
+    assert exit_code(["run", "--model", "tiny-gpt2", "--out", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "earlier results"

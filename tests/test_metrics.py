@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from lab7_helpers import (distinct_n, encode_pair, implicit_reward_margins, pair_logprobs, preference_accuracy,
+                          refusal_flag, repetition_score, reward_accuracy, sequence_logprobs)
+
+
+def test_repetition_score():
+    assert repetition_score("") == 0.0
+    assert repetition_score("the cat sat") == 0.0
+    assert repetition_score("The cat sat on the mat and the dog lay on the rug.") == 0.0
+    loop = "I am here. " * 10  # 30 words, 28 trigrams, 3 distinct
+    assert repetition_score(loop) == pytest.approx(1 - 3 / 28)
+    assert repetition_score("a b c a b c") == pytest.approx(1 - 3 / 4)
+
+
+@pytest.mark.parametrize("text, flagged", [
+    ("I can't help with that request.", True),
+    ("I can\u2019t help with that request.", True),
+    ("Sorry, I CANNOT ASSIST with this.", True),
+    ("As an AI, I have no body.", True),
+    ("I was unable to sleep last night.", False),   # the original lab's "unable to" flagged this
+    ("Dogs can't help wagging their tails.", False),
+    ("Here is how to bake bread.", False),
+    ("", False),
+])
+def test_refusal_flag_default_phrases(text, flagged):
+    assert refusal_flag(text) is flagged
+
+
+def test_refusal_flag_matches_whole_words_only():
+    assert refusal_flag("I refuse.", ["refuse"]) is True
+    assert refusal_flag("Take out the refuse bin.", ["refuse bin"]) is True
+    assert refusal_flag("That was refused.", ["refuse"]) is False
+    assert refusal_flag("No way  Jose", ["no way jose"]) is True
+
+
+def test_distinct_n():
+    texts = ["a b c", "a b d"]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)
+    assert distinct_n(["one"], 2) == 0.0 and distinct_n([], 1) == 0.0
+
+
+def test_pair_logprobs_match_separate_forwards(tiny, tokenizer, pairs):
+    model = tiny[0]
+    scores = pair_logprobs(model, tokenizer, pairs, batch_size=2)
+    for i, p in enumerate(pairs):
+        for key in ("chosen", "rejected"):
+            enc = encode_pair(tokenizer, p["prompt"], p[key])
+            ids, labels = torch.tensor([enc["input_ids"]]), torch.tensor([enc["labels"]])
+            expected = sequence_logprobs(model(input_ids=ids).logits, labels).item()
+            assert scores[key][i].item() == pytest.approx(expected, abs=1e-4)
+            assert scores[f"{key}_tokens"][i].item() == sum(label != -100 for label in enc["labels"])
+
+
+def test_preference_accuracy_uses_mean_per_token_logprobs(tiny, tokenizer, pairs):
+    scores = pair_logprobs(tiny[0], tokenizer, pairs)
+    means = (scores["chosen"] / scores["chosen_tokens"] > scores["rejected"] / scores["rejected_tokens"]).float()
+    sums = (scores["chosen"] > scores["rejected"]).float()
+    assert not torch.equal(means, sums)  # the pairs are chosen so that mean and sum disagree
+    assert preference_accuracy(tiny[0], tokenizer, pairs) == pytest.approx(means.mean().item())
+
+
+def test_reward_accuracy(tiny, policy, tokenizer, pairs):
+    ref = tiny[0]
+    assert reward_accuracy(ref, ref, tokenizer, pairs, beta=0.1) == 0.0  # every margin is exactly 0
+    margins = implicit_reward_margins(pair_logprobs(policy, tokenizer, pairs), pair_logprobs(ref, tokenizer, pairs),
+                                      0.1)
+    assert margins.abs().min() > 0
+    assert reward_accuracy(policy, ref, tokenizer, pairs, 0.1) == pytest.approx((margins > 0).float().mean().item())

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from lab7_helpers import trainable_copy
+from lab7_helpers.training import batches, kl_beta_sweep, train_dpo, train_kl
+from lab7_helpers.trl_dpo import train_dpo_trl
+
+
+def test_batches_cover_every_pair_once_per_pass():
+    out = batches(5, 2, 6, seed=0)
+    assert [len(b) for b in out] == [2, 2, 1, 2, 2, 1]
+    assert sorted(sum(out[:3], [])) == sorted(sum(out[3:], [])) == list(range(5))
+    assert out == batches(5, 2, 6, seed=0) and out != batches(5, 2, 6, seed=1)
+
+
+def test_train_kl_history_and_beta_changes_the_trajectory(tiny, tokenizer, pairs):
+    ref = tiny[0]
+    runs = {}
+    for beta in (0.0, 5.0):
+        policy = trainable_copy(ref)
+        runs[beta] = train_kl(policy, ref, tokenizer, pairs, beta=beta, lr=1e-3, steps=6, progress=False)
+    history = runs[5.0]
+    assert list(history.columns) == ["loss", "nll", "kl"] and list(history.index) == [1, 2, 3, 4, 5, 6]
+    assert history.notna().all().all() and (history["kl"] >= 0).all()
+    assert history["loss"].to_numpy() == pytest.approx((history["nll"] + 5.0 * history["kl"]).to_numpy(), rel=1e-5)
+    assert runs[0.0]["nll"].iloc[0] == pytest.approx(history["nll"].iloc[0])  # same start, same first batch
+    assert history["kl"].iloc[0] == 0.0  # policy == reference before the first update
+    assert abs(runs[0.0]["nll"].iloc[-1] - history["nll"].iloc[-1]) > 1e-4
+
+
+def test_kl_to_reference_shrinks_as_beta_grows(tiny, tokenizer, pairs):
+    # A random model's NLL (~10 nats) dwarfs its KL (~0.01), so beta must be large to matter here.
+    sweep = kl_beta_sweep(tiny[0], tokenizer, pairs, [0.0, 10.0, 100.0], lr=1e-3, steps=10, progress=False)
+    assert list(sweep.index) == [0.0, 10.0, 100.0]
+    assert sweep["kl"].is_monotonic_decreasing and sweep["kl"].iloc[0] > 3 * sweep["kl"].iloc[-1]
+    assert sweep["nll"].iloc[0] < sweep["nll"].iloc[-1]
+
+
+def test_train_dpo_lowers_the_loss_and_does_not_touch_the_reference(tiny, tokenizer, pairs):
+    ref = tiny[0]
+    before = [p.clone() for p in ref.parameters()]
+    policy = trainable_copy(ref)
+    history = train_dpo(policy, ref, tokenizer, pairs, beta=0.1, lr=1e-3, epochs=8, batch_size=3, progress=False)
+    assert len(history) == 8
+    assert history["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert history["loss"].iloc[-1] < history["loss"].iloc[0] - 0.05
+    assert history["rewards/accuracies"].iloc[-1] == 1.0 and history["rewards/margins"].iloc[-1] > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, ref.parameters()))
+
+
+def test_train_dpo_matches_trl_step_by_step(tiny, tokenizer, pairs):
+    """Batch = every pair, so both see the same data at each step. Step 1 is log 2 for both (policy == ref);
+    step 2 follows one identical AdamW update (TRL's linear LR decay starts from the same LR at step 1)."""
+    ref = tiny[0]
+    ours = train_dpo(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3, progress=False)
+    trl = train_dpo_trl(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3)
+    assert list(trl.columns) == list(ours.columns)
+    assert abs(ours["loss"].iloc[0] - trl["loss"].iloc[0]) < 1e-5
+    assert abs(ours["loss"].iloc[1] - trl["loss"].iloc[1]) < 1e-5
+    assert ours["loss"].iloc[1] < ours["loss"].iloc[0] - 1e-3  # the update did something
+    assert ours["rewards/margins"].iloc[1] == pytest.approx(trl["rewards/margins"].iloc[1], abs=1e-5)
+
+
+def test_nan_loss_stops_training_with_a_clear_message(tiny, tokenizer, pairs):
+    policy = trainable_copy(tiny[0])
+    with torch.no_grad():
+        policy.lm_head.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"KL update: the loss became nan at step 1 .*prompt"):
+        train_kl(policy, tiny[0], tokenizer, pairs, steps=2, progress=False)
