@@ -18,6 +18,16 @@ FIELDS = ("prompt", "chosen", "rejected")
 IGNORE_INDEX = -100  # label value that losses skip (prompt and padding positions)
 
 
+def _sample_data_dir() -> Path:
+    """The bundled data: inside the package when installed from a wheel (Colab), ``data/`` in a checkout."""
+    installed = Path(__file__).resolve().parent / "sample_data"
+    return installed if installed.is_dir() else Path(__file__).resolve().parent.parent / "data"
+
+
+SAMPLE_DATA_DIR = _sample_data_dir()
+BUNDLED_PAIRS = SAMPLE_DATA_DIR / "dpo_pairs.jsonl"  # the team's sample preference set
+
+
 class PairFileError(ValueError):
     """A preference file has bad lines. ``problems`` holds one ``"path:line: problem"`` string per bad line."""
 

@@ -39,6 +39,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def mixed_precision_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for training on ``device``: bf16 on a CUDA GPU that supports it (A100, H100, L4),
+    fp16 on an older one (Colab's T4), None (plain float32) on CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+
+def describe_runtime() -> str:
+    """One line for the notebook: the device the lab will use and its training precision."""
+    if not torch.cuda.is_available():
+        return f"CPU ({torch.get_num_threads()} threads), training in float32. A GPU runtime is faster."
+    dtype = mixed_precision_dtype("cuda")
+    return f"GPU: {torch.cuda.get_device_name(0)}, training with {str(dtype).split('.')[-1]} mixed precision."
+
+
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     """A 2-layer, 64-wide GPT-2 (about 3.3M parameters) with random weights drawn from ``seed``."""
     config = GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=512, vocab_size=50257,

@@ -10,10 +10,9 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from .data import load_pairs, split_pairs
+from .data import BUNDLED_PAIRS, load_pairs, split_pairs
 from .evaluation import evaluate_models
 from .models import SMOLLM2, TINY_GPT2, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
@@ -21,14 +20,6 @@ from .report import render_report, save_csv, save_figure, save_generations, writ
 from .training import kl_beta_sweep, train_dpo, train_kl
 
 
-
-def _bundled_pairs() -> Path:
-    """The sample pairs: in the package when installed from a wheel (Colab), in ``data/`` in a checkout."""
-    installed = Path(str(resources.files("lab7_helpers"))) / "sample_data" / "dpo_pairs.jsonl"
-    return installed if installed.is_file() else Path(__file__).resolve().parent.parent / "data" / "dpo_pairs.jsonl"
-
-
-BUNDLED_PAIRS = _bundled_pairs()
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from .data import encode_pair, encode_pairs_for_dpo, pad_batch
 from .losses import dpo_loss, kl_regularized_loss
+from .models import mixed_precision_dtype
 from .scoring import pair_logprobs, response_logprobs
 
 
@@ -31,13 +32,13 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
 
 
 def autocast(device: torch.device):
-    """Mixed precision on a CUDA GPU (bf16 where supported, else fp16); plain float32 on CPU.
+    """Mixed precision as ``mixed_precision_dtype`` chooses it (none on CPU).
 
     Returns ``(context manager factory, GradScaler or None)``; fp16 needs the scaler to avoid underflow.
     """
-    if device.type != "cuda":
+    dtype = mixed_precision_dtype(device)
+    if dtype is None:
         return nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
@@ -80,11 +81,12 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
 
 def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, lr: float = 5e-5,
              steps: int = 30, batch_size: int = 1, seed: int = 0, max_length: int = 256,
-             progress: bool = True) -> pd.DataFrame:
+             progress: bool = True, loss_fn: Callable = kl_regularized_loss) -> pd.DataFrame:
     """KL-regularized supervised update on the **chosen** responses: ``loss = NLL + beta * KL(pi || ref)``.
 
     NLL and KL are means over the response tokens of each batch (``kl_regularized_loss``); the KL is exact over
-    the vocabulary and carries gradient. ``ref`` is only run under ``no_grad``.
+    the vocabulary and carries gradient. ``ref`` is only run under ``no_grad``. ``loss_fn`` lets the notebook
+    train with the student's own version of ``kl_regularized_loss`` (same arguments and return value).
 
     Returns a DataFrame with columns ``loss``, ``nll``, ``kl`` (one row per step).
     """
@@ -102,7 +104,7 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
             logits = policy(**inputs).logits
             with torch.no_grad():
                 ref_logits = ref(**inputs).logits
-            loss, nll, kl = kl_regularized_loss(logits, ref_logits, batch["labels"], beta)
+            loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
         check_finite(loss, "KL update", step, [pairs[i] for i in idx])
         optimizer_step(loss, optimizer, scaler)
         rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})

@@ -9,18 +9,16 @@ import pandas as pd  # noqa: F401  (the return type)
 import torch
 
 from .data import format_prompt
-from .models import remove_forward_patch
+from .models import mixed_precision_dtype, remove_forward_patch
 from .training import history_frame
 
 HISTORY_COLUMNS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
 
 
-def mixed_precision(device: torch.device | str) -> dict[str, bool]:
-    """``bf16``/``fp16`` flags for a device: bf16 on a CUDA GPU that supports it, fp16 on an older GPU, neither on CPU."""
-    if torch.device(device).type != "cuda":
-        return {"bf16": False, "fp16": False}
-    bf16 = torch.cuda.is_bf16_supported()
-    return {"bf16": bf16, "fp16": not bf16}
+def precision_flags(device: torch.device | str) -> dict[str, bool]:
+    """TRL's ``bf16``/``fp16`` flags for ``device``, as ``mixed_precision_dtype`` chooses (neither on CPU)."""
+    dtype = mixed_precision_dtype(device)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def dpo_dataset(pairs: Sequence[dict]):
@@ -33,8 +31,10 @@ def dpo_dataset(pairs: Sequence[dict]):
 
 def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
                      epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
-                     output_dir: str | None = None, **config_overrides):
+                     output_dir: str | None = None, dataset=None, **config_overrides):
     """A fresh ``DPOConfig`` and ``DPOTrainer`` for ``policy`` against the frozen ``ref``.
+
+    ``dataset`` (optional) replaces ``dpo_dataset(pairs)``, e.g. with the one a student built in the notebook.
 
     Only the lab's settings are passed; everything else stays at TRL's defaults (what a student gets),
     except that mixed precision is chosen for the device (TRL's default bf16 fails on most CPUs). A new config
@@ -54,21 +54,25 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
         output_dir=output_dir or tempfile.mkdtemp(prefix="lab7_trl_"), beta=beta, learning_rate=lr,
         num_train_epochs=epochs, per_device_train_batch_size=batch_size, max_length=max_length, seed=seed,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=False,
-        use_cpu=device.type == "cpu", **mixed_precision(device), **config_overrides)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=dpo_dataset(pairs),
-                         processing_class=tokenizer)
+        use_cpu=device.type == "cpu", **precision_flags(device), **config_overrides)
+    if dataset is None:
+        dataset = dpo_dataset(pairs)
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress)
     return trainer
 
 
 def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
-                  epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256) -> pd.DataFrame:
-    """Train ``policy`` in place with TRL's ``DPOTrainer``; same arguments as ``train_dpo``.
+                  epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
+                  dataset=None) -> pd.DataFrame:
+    """Train ``policy`` in place with TRL's ``DPOTrainer``; same arguments as ``train_dpo`` (plus ``dataset``, see
+    ``make_dpo_trainer``).
 
     Returns a DataFrame with a row per optimizer step: ``loss`` and TRL's ``rewards/*`` columns.
     """
-    trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length)
+    trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
+                               dataset=dataset)
     try:
         trainer.train()
     finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)

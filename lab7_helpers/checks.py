@@ -1,0 +1,201 @@
+"""Self-checks for the notebook's TODOs, also used by the grader.
+
+Each check calls the student's code on small fixed inputs, compares it with the reference implementation and
+returns a ``CheckResult``: passed or not, points, and a one-line hint that names the likely mistake. A check
+never raises: an exception in the student's code becomes a failed result whose hint quotes the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .data import FIELDS, format_prompt
+from .losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_logprobs
+
+# Sentences that should not be flagged as refusals (ordinary text), and ones that should.
+NOT_REFUSALS = ["I was unable to sleep last night.", "Dogs can't help wagging their tails.",
+                "Here is how to bake bread: mix flour, water and yeast.", "The museum cannot open on Mondays.",
+                "I won't be late tomorrow.", "Sorry I'm late, the bus broke down."]
+REFUSALS = ["I can't help with that request.", "I'm sorry, but I can't assist with this.",
+            "I cannot provide instructions for that.", "I won't help you hurt someone."]
+
+
+@dataclass
+class CheckResult:
+    name: str
+    passed: bool
+    points: float
+    max_points: float
+    hint: str = ""
+
+    def __str__(self) -> str:
+        mark = "PASSED" if self.passed else "NOT YET"
+        text = f"{mark} {self.name}: {self.points:g}/{self.max_points:g}"
+        return f"{text}. {self.hint}" if self.hint else text
+
+    def _repr_html_(self) -> str:
+        color = "#2e7d32" if self.passed else "#c62828"
+        return f'<p style="color:{color};font-weight:bold">{_html_escape(str(self))}</p>'
+
+
+def _html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
+
+
+def _result(name: str, max_points: float, hint: str | None) -> CheckResult:
+    """``hint`` None means the check passed."""
+    return CheckResult(name, hint is None, max_points if hint is None else 0.0, max_points, hint or "")
+
+
+def _guarded(name: str, max_points: float, body: Callable[[], str | None]) -> CheckResult:
+    try:
+        return _result(name, max_points, body())
+    except Exception as err:  # noqa: BLE001 - any error in student code is a failed check with a hint
+        return _result(name, max_points, f"your code raised {type(err).__name__}: {err}")
+
+
+def _close(a, b, tol: float = 1e-5) -> bool:
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
+                          atol=tol, rtol=tol)
+
+
+def _kl_inputs(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    policy = torch.randn(2, 6, 11, generator=generator, dtype=torch.float64)
+    ref = torch.randn(2, 6, 11, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([[-100, -100, 3, 7, 1, 9], [-100, 4, 2, 5, -100, -100]])
+    return policy, ref, labels
+
+
+def check_kl_loss(student_fn: Callable, max_points: float = 3.0) -> CheckResult:
+    """``student_fn(policy_logits, ref_logits, labels, beta) -> (loss, nll, kl)`` against ``kl_regularized_loss``."""
+
+    def body() -> str | None:
+        policy, ref, labels = _kl_inputs()
+        want_loss, want_nll, want_kl = kl_regularized_loss(policy, ref, labels, 0.5)
+        policy_in = policy.clone().requires_grad_(True)
+        loss, nll, kl = student_fn(policy_in, ref, labels, 0.5)
+        if not _close(nll, want_nll):
+            if _close(nll, -want_nll):
+                return "nll has the wrong sign: it is the *negative* log-likelihood."
+            return "nll is off: average -log p over response tokens only (labels != -100), after the shift by one."
+        if not _close(kl, want_kl):
+            if _close(kl, kl_regularized_loss(ref, policy, labels, 0.5)[2]):
+                return "kl is reversed: compute KL(policy || reference), weighting by the policy's probabilities."
+            return "kl is off: use token_kl at the positions that predict response tokens, then the mean."
+        if _close(loss, want_nll + want_kl):
+            return "beta is missing: the penalty is beta * kl."
+        if not _close(loss, want_loss):
+            return "loss should be nll + beta * kl."
+        if not isinstance(kl, torch.Tensor) or not kl.requires_grad:
+            return ("kl carries no gradient (was it computed under torch.no_grad() or detached?): then beta "
+                    "changes nothing in training. This was the original lab's bug.")
+        grads = []
+        for beta in (0.0, 2.0):
+            x = policy.clone().requires_grad_(True)
+            student_fn(x, ref, labels, beta)[0].backward()
+            grads.append(x.grad)
+        if torch.allclose(grads[0], grads[1]):
+            return "beta does not change the gradient: the KL term must be differentiable with respect to the policy."
+        return None
+
+    return _guarded("KL-regularized loss", max_points, body)
+
+
+def check_sequence_logprobs(student_fn: Callable, max_points: float = 2.0) -> CheckResult:
+    """``student_fn(logits, labels) -> [B]`` against ``sequence_logprobs`` (a **sum** over response tokens)."""
+
+    def body() -> str | None:
+        logits, _, labels = _kl_inputs(seed=1)
+        want = sequence_logprobs(logits, labels)
+        got = student_fn(logits, labels)
+        logps, mask = token_logprobs(logits, labels)
+        if _close(got, logps.sum(-1) / mask.sum(-1)):
+            return "that is a mean per token; DPO uses the SUM of log-probs over response tokens."
+        unshifted = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        if _close(got, (unshifted * (labels != -100)).sum(-1)):
+            return "shift by one: the logits at position t-1 score the token at position t."
+        if _close(got, torch.log_softmax(logits[:, :-1], -1).gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1))
+                  .squeeze(-1).sum(-1)):
+            return "mask the prompt and padding: only positions whose label is not -100 count."
+        if not _close(got, want):
+            return "not equal to the sum of log p(token) over response tokens on our test logits."
+        return None
+
+    return _guarded("sequence log-probs", max_points, body)
+
+
+def check_dpo_loss(student_fn: Callable, max_points: float = 3.0) -> CheckResult:
+    """``student_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta) -> losses [B]``."""
+
+    def body() -> str | None:
+        pc, pr = torch.tensor([-10.0, -30.0, -5.0]), torch.tensor([-12.0, -25.0, -9.0])
+        rc, rr = torch.tensor([-11.0, -28.0, -6.0]), torch.tensor([-11.5, -26.0, -8.0])
+        beta = 0.3
+        want = dpo_loss(pc, pr, rc, rr, beta)[0]
+        got = torch.as_tensor(student_fn(pc, pr, rc, rr, beta), dtype=torch.float32)
+        if got.shape != want.shape:
+            if got.numel() == 1 and _close(got, want.mean()):
+                return "return one loss per pair (shape [B]), not the mean; the trainer takes the mean."
+            return f"expected one loss per pair, shape {tuple(want.shape)}, got {tuple(got.shape)}."
+        if _close(got, dpo_loss(pr, pc, rr, rc, beta)[0]):
+            return "chosen and rejected are swapped: the margin is (chosen log-ratio) - (rejected log-ratio)."
+        if _close(got, dpo_loss(pc, pr, rc, rr, 1.0)[0]):
+            return "beta is missing: the loss is -log sigmoid(beta * margin)."
+        if _close(got, -dpo_loss(pc, pr, rc, rr, beta)[0]) or _close(got, torch.log(torch.sigmoid(
+                beta * ((pc - rc) - (pr - rr))))):
+            return "sign: the loss is *minus* log sigmoid(...), so it is positive and falls as the margin grows."
+        if _close(got, -torch.nn.functional.logsigmoid(beta * (pc - pr))):
+            return "the reference is missing: use log-ratios log pi - log pi_ref for both responses."
+        if not _close(got, want):
+            return "not equal to -log sigmoid(beta * ((pc - rc) - (pr - rr))) on our test numbers."
+        return None
+
+    return _guarded("DPO loss by hand", max_points, body)
+
+
+def check_dpo_dataset(dataset, pairs: Sequence[dict], max_points: float = 2.0) -> CheckResult:
+    """The student's DPO dataset: TRL's columns, one row per pair, the lab's prompt template, not swapped."""
+
+    def body() -> str | None:
+        if dataset is None or dataset is Ellipsis:
+            return "build the dataset first (Dataset.from_list([...]))."
+        columns = set(getattr(dataset, "column_names", []) or [])
+        if not set(FIELDS) <= columns:
+            return f"TRL needs the columns prompt, chosen and rejected; you have {sorted(columns)}."
+        if len(dataset) != len(pairs):
+            return f"expected one row per pair ({len(pairs)}), got {len(dataset)}."
+        rows = [dataset[i] for i in range(len(dataset))]
+        if rows[0]["prompt"] == pairs[0]["prompt"]:
+            return "wrap each prompt with format_prompt(...): training and generation must see the same template."
+        if any(r["chosen"] == p["rejected"] and r["rejected"] == p["chosen"] for r, p in zip(rows, pairs)):
+            return "chosen and rejected are swapped in some rows."
+        for r, p in zip(rows, pairs):
+            if (r["prompt"], r["chosen"], r["rejected"]) != (format_prompt(p["prompt"]), p["chosen"], p["rejected"]):
+                return "rows must follow the order of the pairs, with the texts unchanged."
+        return None
+
+    return _guarded("DPO dataset", max_points, body)
+
+
+def check_refusal_phrases(phrases: Sequence[str], max_points: float = 1.0) -> CheckResult:
+    """The student's refusal phrases: flag real refusals, and no ordinary sentence."""
+    from .metrics import refusal_flag
+
+    def body() -> str | None:
+        if not phrases or phrases is Ellipsis or isinstance(phrases, str):
+            return "give a list of phrases, e.g. [\"I can't help with\", ...]."
+        false_alarms = [s for s in NOT_REFUSALS if refusal_flag(s, phrases)]
+        if false_alarms:
+            return f"too broad: it flags the ordinary sentence {false_alarms[0]!r}. Name who refuses and what."
+        missed = [s for s in REFUSALS if not refusal_flag(s, phrases)]
+        if len(missed) > 1:
+            return f"too narrow: it misses {missed[0]!r}."
+        return None
+
+    return _guarded("refusal phrases", max_points, body)

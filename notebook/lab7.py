@@ -1,0 +1,404 @@
+# ---
+# The one source of lab7.ipynb (student) and instructor/lab7_solution.ipynb. Edit this file, then run
+#     python tools/build_notebooks.py
+# Cells start with "# %%". Inside a code cell, lines between "# >>> solution" and "# >>> student" appear only in
+# the solution; lines between "# >>> student" and "# <<<" (written as "#| ...") appear only in the student
+# version. Tags: colab (runs only in Colab; CI skips it), todo (a student TODO), check (its self-check),
+# answer (a Checkpoint answer cell, with a checkpoint id).
+# ---
+
+# %% [markdown]
+# # Lab 7: KL regularization and DPO on GPT-2
+#
+# In Lab 6 you wrote preference pairs: a prompt, the response you preferred (**chosen**) and the one you did
+# not (**rejected**). Today you use them to change a language model, and you watch what optimization does with
+# your signal.
+#
+# 1. **Warm-up:** fine-tune on the chosen responses while a KL penalty keeps the model close to a frozen
+#    reference.
+# 2. **DPO:** train directly on the pairs with Direct Preference Optimization.
+# 3. **Evaluate:** compare the base, KL-only and DPO models on prompts none of them trained on.
+# 4. **Reflect:** where did your feedback help, and where did the model learn a shortcut (tone, length,
+#    refusals, drift)?
+#
+# > We are not trying to "fully align" GPT-2. We want to see how optimization amplifies whatever your feedback
+# > rewards, whether you meant it or not.
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({{COLAB_URL}})
+#
+# **How this notebook works.** Cells marked **TODO** are yours: replace each `...` and run the check cell
+# below it, which tells you what is wrong if something is. Tokenization, training loops and metrics live in the
+# small, tested `lab7_helpers` package (imported as `lab`); open its source whenever you wonder how something
+# works. Answer each **Checkpoint** in the cell under it that says *Your answer*.
+
+# %% [markdown]
+# ## Setup
+
+# %% tags=["colab"]
+# Colab only: install the lab's helpers and a TRL version they are tested with. Colab's torch stays as it is.
+# %pip install -q "lab7_helpers @ git+{{REPO_URL}}" "trl>=0.29,<2"
+
+# %%
+# %matplotlib inline
+import os
+import sys
+
+import torch
+
+import lab7_helpers as lab
+
+IN_COLAB = "google.colab" in sys.modules
+print(lab.describe_runtime())
+
+# %% [markdown]
+# All settings live in the next cell. `LAB7_MODEL`, `LAB7_PAIRS` and `LAB7_FAST=1` (a quick run with fewer
+# steps, for testing) override them without editing, e.g. to dry-run the lab offline on `smollm2-135m`.
+
+# %% tags=["parameters"]
+MODEL_NAME = os.environ.get("LAB7_MODEL", "gpt2")  # offline: "smollm2-135m" (real) or "tiny-gpt2" (random)
+PAIRS_PATH = os.environ.get("LAB7_PAIRS", "")  # empty: upload yours in Colab, else use the sample data
+FAST = os.environ.get("LAB7_FAST") == "1"
+SEED = 0
+KL_BETA, KL_LR, KL_STEPS = 0.05, 5e-5, 5 if FAST else 30
+SWEEP_BETAS = [0.0, 1.0] if FAST else [0.0, 0.05, 0.2, 1.0]
+DPO_BETA, DPO_LR, DPO_EPOCHS = 0.1, 5e-6, 1
+MAX_NEW_TOKENS = 20 if FAST else 80
+RUN_TRL = FAST or torch.cuda.is_available()  # TRL's trainer takes about 6 minutes on a laptop CPU
+
+# %% [markdown]
+# ## Your preference pairs
+#
+# In Colab, the next cell asks for the `dpo_pairs.jsonl` you made in Lab 6. Press **Cancel** to use the
+# sample set the course staff wrote instead (121 pairs over 12 kinds of request).
+
+# %% tags=["colab"]
+if IN_COLAB and not PAIRS_PATH:
+    from google.colab import files
+
+    uploaded = files.upload()
+    PAIRS_PATH = next(iter(uploaded), "")
+
+# %%
+pairs_file = PAIRS_PATH or lab.BUNDLED_PAIRS
+pairs = lab.load_pairs(pairs_file)
+print(f"{len(pairs)} usable pairs in {pairs_file}")
+pairs[0]
+
+# %% [markdown]
+# The loader is strict on purpose: a row with a missing field, broken JSON or an empty response is an error
+# that names the line, never a row silently lost. Here is what it says about a deliberately messy Lab 6 file
+# (with `on_error="skip"` it would keep the good rows and tell you how many it skipped):
+
+# %%
+try:
+    lab.load_pairs(lab.SAMPLE_DATA_DIR / "lab6_style_example.jsonl")
+except lab.PairFileError as err:
+    print(err)
+
+# %% [markdown]
+# ### Checkpoint 1
+# Look at one pair from your data. Does it hold exactly one prompt, one chosen and one rejected response?
+# The loader drops **ties** (both responses equal, or a pair marked as a tie). Explain briefly why a tie is
+# useless, or even harmful, for DPO training.
+
+# %% [markdown] tags=["answer"] checkpoint="ties"
+# *Your answer:*
+
+# %% [markdown]
+# We hold out 20% of the **prompts** for evaluation. Pairs that share a prompt stay on the same side, so the
+# held-out prompts are new to every model.
+
+# %%
+train_pairs, test_pairs = lab.split_pairs(pairs, test_fraction=0.2, seed=SEED)
+if FAST:
+    train_pairs, test_pairs = train_pairs[:16], test_pairs[:6]
+print(f"{len(train_pairs)} pairs for training, {len(test_pairs)} held out")
+
+# %% [markdown]
+# ## Part 1: KL to a reference (no preferences yet)
+#
+# Our warm-up is plain imitation of the **chosen** responses, with a leash. A frozen copy of the starting model,
+# the **reference** $\pi_{ref}$, stays fixed, and we penalize the trained model $\pi_\theta$ for moving away
+# from it:
+#
+# $$L(\theta) = \underbrace{-\,\mathbb{E}\left[\log \pi_\theta(y \mid x)\right]}_{\text{imitate chosen text}}
+# \;+\; \beta\,\underbrace{\mathrm{KL}\left(\pi_\theta \,\|\, \pi_{ref}\right)}_{\text{don't drift too far}}$$
+#
+# Both terms are **means over the response tokens** (prompt tokens are context, not targets). The KL is exact:
+# at each position we compare the two next-token distributions over the whole vocabulary,
+# $\sum_v \pi_\theta(v)\,[\log \pi_\theta(v) - \log \pi_{ref}(v)]$.
+#
+# **A trap that popular tutorials fall into.** The KL must carry gradient. If it is computed under
+# `torch.no_grad()` (or `.detach()`ed), the loss *prints* a KL term, but the update ignores it: every $\beta$
+# trains exactly the same model. The original version of this lab had that bug.
+#
+# The model sees `format_prompt(prompt) + response` everywhere in this lab, in training and in generation:
+
+# %%
+print(repr(lab.format_prompt("How do I boil an egg?") + "Put it in boiling water for 8 minutes."))
+
+# %%
+base_model, tokenizer = lab.load_model(MODEL_NAME)
+ref_model = lab.freeze(base_model)  # eval mode, no gradients: the reference, and later the "base" row
+print(f"{MODEL_NAME}: {sum(p.numel() for p in ref_model.parameters()) / 1e6:.1f}M parameters")
+
+# %% [markdown]
+# ### TODO 1: the KL-regularized loss
+# `lab.token_logprobs` gives the log-probability of every next token and a mask that is `True` on response
+# tokens; `lab.token_kl` gives the exact KL at every position. Combine them.
+
+# %% tags=["todo"]
+def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
+    """loss = NLL + beta * KL, both means over response tokens.
+
+    policy_logits, ref_logits: [B, T, V]; labels: [B, T] with -100 on prompt and padding.
+    Returns (loss, nll, kl), three scalars.
+    """
+    token_logps, mask = lab.token_logprobs(policy_logits, labels)  # [B, T-1] each
+    kl_per_position = lab.token_kl(policy_logits[:, :-1], ref_logits[:, :-1])  # [B, T-1]
+    # >>> solution
+    nll = -token_logps[mask].mean()
+    kl = kl_per_position[mask].mean()
+    loss = nll + beta * kl
+    # >>> student
+    #| nll = ...  # TODO: the mean negative log-prob over response positions (use the mask)
+    #| kl = ...  # TODO: the mean KL over the same positions
+    #| loss = ...  # TODO: combine them with beta
+    # <<<
+    return loss, nll, kl
+
+
+# %% tags=["check"]
+lab.check_kl_loss(my_kl_regularized_loss)
+
+# %% [markdown]
+# ### Checkpoint 2
+# Before you train: what do you expect if $\beta$ is very small (close to 0)? And if it is very large?
+
+# %% [markdown] tags=["answer"] checkpoint="beta-predict"
+# *Your answer:*
+
+# %% [markdown]
+# Now train a copy of the base model with **your** loss function. The reference runs without gradients; the
+# copy is updated `KL_STEPS` times, one pair per step.
+
+# %%
+policy_kl = lab.trainable_copy(ref_model)
+kl_history = lab.train_kl(policy_kl, ref_model, tokenizer, train_pairs, beta=KL_BETA, lr=KL_LR,
+                          steps=KL_STEPS, seed=SEED, loss_fn=my_kl_regularized_loss)
+lab.plot_kl_history(kl_history)
+
+# %% [markdown]
+# One value of $\beta$ tells you little. The sweep below trains a fresh copy for each $\beta$ and then
+# measures, on the training prompts, how well it imitates the chosen responses (NLL, lower is closer) and how
+# far it drifted from the reference (KL).
+
+# %%
+sweep = lab.kl_beta_sweep(ref_model, tokenizer, train_pairs, SWEEP_BETAS, lr=KL_LR, steps=KL_STEPS, seed=SEED)
+display(sweep)
+lab.plot_beta_sweep(sweep)
+
+# %% [markdown]
+# ### Checkpoint 3
+# Try other values of $\beta$ (edit `SWEEP_BETAS`). Was your prediction from Checkpoint 2 right? What does
+# the curve say $\beta$ trades off?
+
+# %% [markdown] tags=["answer"] checkpoint="beta-explore"
+# *Your answer:*
+
+# %% [markdown]
+# ## Part 2: Direct Preference Optimization (DPO)
+#
+# Now we use both halves of each pair. For a prompt $x$, DPO makes the chosen response $y^+$ more likely than
+# the rejected one $y^-$, measured **relative to the reference**, so the model cannot win by drifting anywhere
+# it likes:
+#
+# $$L_{DPO} = -\log \sigma\Big(\beta\,\big[\underbrace{\log \tfrac{\pi_\theta(y^+|x)}{\pi_{ref}(y^+|x)}}_{\text{chosen log-ratio}}
+# - \underbrace{\log \tfrac{\pi_\theta(y^-|x)}{\pi_{ref}(y^-|x)}}_{\text{rejected log-ratio}}\big]\Big)$$
+#
+# $\beta \cdot$ log-ratio is called the **implicit reward** of a response; their difference is the **margin**.
+# Here $\log \pi(y|x)$ is the **sum** of the log-probs of the response tokens (not a mean, unlike Part 1).
+#
+# How DPO differs from RLHF with PPO:
+# - no separate reward model: the policy and the reference define the reward implicitly;
+# - no sampling during training: no rollouts, only the fixed pairs;
+# - one supervised-style loss on likelihood ratios.
+
+# %% [markdown]
+# ### Checkpoint 4
+# In plain English, what does $\log \sigma\big(\beta\,(\log \pi_\theta(y^+|x) - \log \pi_\theta(y^-|x))\big)$
+# encourage? (It is the DPO term with the reference left out.) What happens to the loss, and to its gradient,
+# once the chosen response is already much more likely than the rejected one?
+
+# %% [markdown] tags=["answer"] checkpoint="dpo-objective"
+# *Your answer:*
+
+# %% [markdown]
+# ### TODO 2: DPO by hand
+# Write the two pieces of DPO yourself: the summed log-probability of a response, and the loss of each pair.
+
+# %% tags=["todo"]
+def my_sequence_logprobs(logits, labels):
+    """log pi(y|x): the SUM of next-token log-probs over response tokens. logits [B, T, V], labels [B, T] -> [B]."""
+    token_logps, mask = lab.token_logprobs(logits, labels)  # [B, T-1]; token_logps is 0 where mask is False
+    # >>> solution
+    return token_logps.sum(dim=-1)
+    # >>> student
+    #| return ...  # TODO
+    # <<<
+
+
+def my_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
+    """One DPO loss per pair, [B], from summed log-probs (each argument is [B])."""
+    # >>> solution
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    return -torch.nn.functional.logsigmoid(beta * margin)
+    # >>> student
+    #| margin = ...  # TODO: chosen log-ratio minus rejected log-ratio
+    #| return ...  # TODO: -log sigmoid(beta * margin); torch.nn.functional.logsigmoid is numerically stable
+    # <<<
+
+
+# %% tags=["check"]
+display(lab.check_sequence_logprobs(my_sequence_logprobs))
+display(lab.check_dpo_loss(my_dpo_loss))
+
+# %% [markdown]
+# Your functions on the first training pair, before any DPO training (the policy still equals the
+# reference). Why is the loss exactly $\log 2 \approx 0.693$?
+
+# %%
+batch = lab.encode_pairs_for_dpo(tokenizer, train_pairs[:1])
+with torch.no_grad():
+    logits = ref_model(input_ids=batch["input_ids"].to(ref_model.device),
+                       attention_mask=batch["attention_mask"].to(ref_model.device)).logits
+    chosen_logp, rejected_logp = my_sequence_logprobs(logits, batch["labels"].to(logits.device))
+print(f"log pi(chosen|x) = {chosen_logp:.2f}, log pi(rejected|x) = {rejected_logp:.2f}")
+print(f"DPO loss at the start: {my_dpo_loss(chosen_logp, rejected_logp, chosen_logp, rejected_logp, DPO_BETA):.4f}")
+
+# %% [markdown]
+# ### TODO 3: the DPO datasets
+# TRL's `DPOTrainer` reads a dataset with the columns `prompt`, `chosen` and `rejected`, and joins prompt and
+# response as plain strings. Build one for the training pairs and one for the held-out pairs, with each prompt
+# wrapped in `lab.format_prompt` so TRL sees the same text as everything else in the lab.
+
+# %% tags=["todo"]
+from datasets import Dataset  # noqa: E402
+
+# >>> solution
+train_ds_dpo = Dataset.from_list([{"prompt": lab.format_prompt(p["prompt"]), "chosen": p["chosen"],
+                                   "rejected": p["rejected"]} for p in train_pairs])
+eval_ds_dpo = Dataset.from_list([{"prompt": lab.format_prompt(p["prompt"]), "chosen": p["chosen"],
+                                  "rejected": p["rejected"]} for p in test_pairs])
+# >>> student
+#| train_ds_dpo = ...  # TODO: Dataset.from_list([...]) with one row per pair in train_pairs
+#| eval_ds_dpo = ...  # TODO: the same for test_pairs
+# <<<
+
+# %% tags=["check"]
+display(lab.check_dpo_dataset(train_ds_dpo, train_pairs))
+display(lab.check_dpo_dataset(eval_ds_dpo, test_pairs))
+
+# %% [markdown]
+# Train a fresh copy of the base model with DPO. The helpers' loop computes the reference log-probs once, up
+# front, then runs each pair's chosen and rejected responses through the model together. The plot shows the
+# loss and the implicit rewards TRL would log.
+
+# %%
+policy_dpo = lab.trainable_copy(ref_model)
+dpo_history = lab.train_dpo(policy_dpo, ref_model, tokenizer, train_pairs, beta=DPO_BETA, lr=DPO_LR,
+                            epochs=DPO_EPOCHS, seed=SEED)
+lab.plot_dpo_history(dpo_history)
+
+# %% [markdown]
+# The same training through TRL's `DPOTrainer` and your dataset (on a GPU runtime; on a CPU it would take
+# several minutes, so it is skipped there). Both start at $\log 2$; their losses agree to about $10^{-5}$
+# whenever they see the same pairs.
+
+# %%
+models = {"base": ref_model, "kl": policy_kl, "dpo": policy_dpo}
+if RUN_TRL:
+    policy_trl = lab.trainable_copy(ref_model)
+    trl_history = lab.train_dpo_trl(policy_trl, ref_model, tokenizer, train_pairs, beta=DPO_BETA, lr=DPO_LR,
+                                    epochs=DPO_EPOCHS, seed=SEED, dataset=train_ds_dpo)
+    models["dpo_trl"] = policy_trl
+    print(f"first-step loss: ours {dpo_history['loss'].iloc[0]:.6f}, TRL {trl_history['loss'].iloc[0]:.6f}")
+else:
+    print("Skipped TRL's DPOTrainer on this CPU runtime (set RUN_TRL = True to run it anyway).")
+
+# %% [markdown]
+# ## Part 3: Evaluation
+#
+# Every model answers the same held-out prompts with the same random seed, so differences come from the
+# weights, not from luck.
+#
+# ### Checkpoint 5
+# Define one concrete criterion you will use to decide whether alignment improved (for example safety, tone,
+# humility, or refusing only when it should).
+
+# %% [markdown] tags=["answer"] checkpoint="criterion"
+# *Your answer:*
+
+# %% [markdown]
+# ### TODO 4: refusal phrases
+# The refusal rate counts responses that contain one of your phrases, matched as whole words. A phrase like
+# `"unable to"` would also flag "I was unable to sleep": name who refuses and what.
+
+# %% tags=["todo"]
+# >>> solution
+REFUSAL_PHRASES = ["I can't help with", "I cannot help with", "I can't assist", "I cannot assist", "I won't help",
+                   "I cannot provide", "I'm not able to help", "I must decline", "as an AI"]
+# >>> student
+#| REFUSAL_PHRASES = [...]  # TODO: a list of whole phrases that only a refusal would contain
+# <<<
+
+# %% tags=["check"]
+lab.check_refusal_phrases(REFUSAL_PHRASES)
+
+# %%
+metrics, generations = lab.evaluate_models(models, ref_model, tokenizer, test_pairs, beta=DPO_BETA, seed=SEED,
+                                           max_new_tokens=MAX_NEW_TOKENS, refusal_phrases=REFUSAL_PHRASES)
+display(metrics.round(3))
+lab.plot_metrics(metrics)
+
+# %% [markdown]
+# What the columns mean. `pref_acc` needs no reference, so it is the fair comparison with the base model;
+# `pref_acc_chosen_longer` vs `pref_acc_chosen_shorter` shows whether a model simply prefers longer answers.
+
+# %%
+display(lab.METRIC_DESCRIPTIONS)
+
+# %% [markdown]
+# The generations side by side (the same prompts and seed for every model):
+
+# %%
+generations.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left"}).hide(axis="index")
+
+# %% [markdown]
+# ### Checkpoint 6
+# Propose one more automatic signal you wish you could measure here. Why would it help, and why is it hard?
+
+# %% [markdown] tags=["answer"] checkpoint="extra-signal"
+# *Your answer:*
+
+# %% [markdown]
+# ## Part 4: Reflection
+#
+# ### Checkpoint 7
+# 1. Did your DPO model learn your **intent**, or a shortcut (tone, length, a refusal pattern)? Point to the
+#    numbers or generations that tell you.
+
+# %% [markdown] tags=["answer"] checkpoint="shortcut"
+# *Your answer:*
+
+# %% [markdown]
+# 2. Where did the KL penalty help? Where did it hold back an improvement?
+
+# %% [markdown] tags=["answer"] checkpoint="kl-tradeoff"
+# *Your answer:*
+
+# %% [markdown]
+# 3. If you wrote a short "constitution" of rules for good responses, which three rules would you add?
+
+# %% [markdown] tags=["answer"] checkpoint="constitution"
+# *Your answer:*
