@@ -15,6 +15,12 @@ import torch
 from .data import FIELDS, format_prompt
 from .losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_logprobs
 
+GRADING_PAIRS = [  # the fixed pairs the grader gives a student's TODO cells as train_pairs
+    {"prompt": "How do I boil an egg?", "chosen": "Simmer it for 8 minutes, then cool it in cold water.",
+     "rejected": "Microwave it in its shell for five minutes."},
+    {"prompt": "Is 91 prime?", "chosen": "No: 91 = 7 x 13.", "rejected": "Yes."},
+    {"prompt": "Say hello.", "chosen": "Hello! How can I help?", "rejected": "Go away."},
+]
 # Sentences that should not be flagged as refusals (ordinary text), and ones that should.
 NOT_REFUSALS = ["I was unable to sleep last night.", "Dogs can't help wagging their tails.",
                 "Here is how to bake bread: mix flour, water and yeast.", "The museum cannot open on Mondays.",
@@ -36,6 +42,8 @@ class CheckResult:
         text = f"{mark} {self.name}: {self.points:g}/{self.max_points:g}"
         return f"{text}. {self.hint}" if self.hint else text
 
+    __repr__ = __str__
+
     def _repr_html_(self) -> str:
         color = "#2e7d32" if self.passed else "#c62828"
         return f'<p style="color:{color};font-weight:bold">{_html_escape(str(self))}</p>'
@@ -56,7 +64,12 @@ def _guarded(name: str, max_points: float, body: Callable[[], str | None]) -> Ch
     try:
         return _result(name, max_points, body())
     except Exception as err:  # noqa: BLE001 - any error in student code is a failed check with a hint
-        return _result(name, max_points, f"your code raised {type(err).__name__}: {err}")
+        return _result(name, max_points, f"your code raised {describe_error(err)}")
+
+
+def describe_error(err: BaseException) -> str:
+    """``TypeError: message``, or just the type when there is no message (``MemoryError``)."""
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def _close(a, b, tol: float = 1e-5) -> bool:

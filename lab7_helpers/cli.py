@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=_number(float, 0, False, "must be in (0, 1]"), default=DEFAULTS.top_p)
     run.add_argument("--with-trl", action="store_true", help="also train a DPO model with TRL's DPOTrainer")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+    grade = commands.add_parser("grade", help="grade students' notebooks: TODO checks in a sandbox, answers "
+                                "collected for manual grading", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    grade.add_argument("submissions", nargs="+", help=".ipynb or exported .json files, or folders holding them")
+    grade.add_argument("--out", type=Path, required=True, help="folder for grades.csv, answers.csv, grading.html")
+    grade.add_argument("--rubric", default=None, help="your copy of the rubric (default: the bundled rubric.toml)")
+    grade.add_argument("--timeout", type=positive_int, default=120, help="seconds per submission")
+    grade.add_argument("--memory-gb", type=positive, default=4.0, help="memory limit per submission")
     return parser
 
 
@@ -81,8 +89,29 @@ def quiet_libraries() -> None:
     logging.getLogger("trl").setLevel(logging.ERROR)
 
 
+def grade_command(args) -> int:
+    from .grading import DEFAULT_RUBRIC, Limits, grade
+
+    missing = [p for p in args.submissions if not Path(p).exists()]
+    if missing:
+        print(f"lab7: error: not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    limits = Limits(wall_seconds=args.timeout, memory_gb=args.memory_gb)
+    try:
+        grades = grade(args.submissions, args.out, args.rubric or DEFAULT_RUBRIC, limits)
+    except ValueError as err:
+        print(f"lab7: error: {err}", file=sys.stderr)
+        return 2
+    print(grades[["status", "total", "max", "problem"]].to_string())
+    print(f"\nGrades: {args.out / 'grades.csv'}\nAnswers: {args.out / 'answers.csv'}\n"
+          f"For manual grading: {args.out / 'grading.html'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "grade":
+        return grade_command(args)
     if args.top_p > 1 or args.test_fraction >= 1:
         print("lab7: error: --top-p must be <= 1 and --test-fraction < 1", file=sys.stderr)
         return 2

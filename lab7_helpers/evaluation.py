@@ -31,6 +31,11 @@ METRIC_DESCRIPTIONS = {
 }
 
 
+def metric_descriptions() -> pd.DataFrame:
+    """``METRIC_DESCRIPTIONS`` as a table, for the notebook."""
+    return pd.Series(METRIC_DESCRIPTIONS, name="meaning").rename_axis("metric").to_frame()
+
+
 @torch.inference_mode()
 def response_nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], batch_size: int = 16,
                         max_length: int = 256) -> tuple[float, float]:

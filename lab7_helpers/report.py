@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation import METRIC_DESCRIPTIONS
+from .evaluation import metric_descriptions
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -69,9 +69,9 @@ def render_report(run: dict) -> str:
     if "parity" in run:
         parts.append("<h2>Our DPO loss vs TRL</h2>" + _table(pd.DataFrame([run["parity"]])))
     if "metrics" in run:
-        described = pd.DataFrame({"meaning": METRIC_DESCRIPTIONS})
         parts.append("<h2>Evaluation on held-out pairs</h2>" + _table(run["metrics"]) + figure("metrics")
-                     + "<details><summary>What the columns mean</summary>" + _table(described) + "</details>")
+                     + "<details><summary>What the columns mean</summary>" + _table(metric_descriptions())
+                     + "</details>")
     if "generations" in run:
         parts.append("<h2>Generations (same prompts, same seed)</h2>"
                      + run["generations"].to_html(border=0, classes="table gen", index=False))

@@ -147,7 +147,7 @@ print(f"{MODEL_NAME}: {sum(p.numel() for p in ref_model.parameters()) / 1e6:.1f}
 # `lab.token_logprobs` gives the log-probability of every next token and a mask that is `True` on response
 # tokens; `lab.token_kl` gives the exact KL at every position. Combine them.
 
-# %% tags=["todo"]
+# %% tags=["todo"] todo="kl-loss"
 def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
     """loss = NLL + beta * KL, both means over response tokens.
 
@@ -237,7 +237,7 @@ lab.plot_beta_sweep(sweep)
 # ### TODO 2: DPO by hand
 # Write the two pieces of DPO yourself: the summed log-probability of a response, and the loss of each pair.
 
-# %% tags=["todo"]
+# %% tags=["todo"] todo="dpo-by-hand"
 def my_sequence_logprobs(logits, labels):
     """log pi(y|x): the SUM of next-token log-probs over response tokens. logits [B, T, V], labels [B, T] -> [B]."""
     token_logps, mask = lab.token_logprobs(logits, labels)  # [B, T-1]; token_logps is 0 where mask is False
@@ -282,7 +282,7 @@ print(f"DPO loss at the start: {my_dpo_loss(chosen_logp, rejected_logp, chosen_l
 # response as plain strings. Build one for the training pairs and one for the held-out pairs, with each prompt
 # wrapped in `lab.format_prompt` so TRL sees the same text as everything else in the lab.
 
-# %% tags=["todo"]
+# %% tags=["todo"] todo="dpo-dataset"
 from datasets import Dataset  # noqa: E402
 
 # >>> solution
@@ -344,7 +344,7 @@ else:
 # The refusal rate counts responses that contain one of your phrases, matched as whole words. A phrase like
 # `"unable to"` would also flag "I was unable to sleep": name who refuses and what.
 
-# %% tags=["todo"]
+# %% tags=["todo"] todo="refusal-phrases"
 # >>> solution
 REFUSAL_PHRASES = ["I can't help with", "I cannot help with", "I can't assist", "I cannot assist", "I won't help",
                    "I cannot provide", "I'm not able to help", "I must decline", "as an AI"]
@@ -366,7 +366,7 @@ lab.plot_metrics(metrics)
 # `pref_acc_chosen_longer` vs `pref_acc_chosen_shorter` shows whether a model simply prefers longer answers.
 
 # %%
-display(lab.METRIC_DESCRIPTIONS)
+lab.metric_descriptions()
 
 # %% [markdown]
 # The generations side by side (the same prompts and seed for every model):
@@ -402,3 +402,12 @@ generations.style.set_properties(**{"white-space": "pre-wrap", "text-align": "le
 
 # %% [markdown] tags=["answer"] checkpoint="constitution"
 # *Your answer:*
+
+# %% [markdown]
+# ## Hand in
+# Save the notebook (**File > Save**) and hand in the `.ipynb` file. If your course collects answers separately,
+# the next cell saves your TODO code and Checkpoint answers to `lab7_answers.json` (and downloads it in Colab;
+# elsewhere, save first and call `lab.export_answers(notebook_path="lab7.ipynb")`).
+
+# %% tags=["colab"]
+lab.export_answers()

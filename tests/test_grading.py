@@ -1,0 +1,134 @@
+"""A class of submissions built from the solution notebook, graded in sandboxed processes."""
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lab7_helpers.cli import main
+from lab7_helpers.grading import Limits, grade, load_rubric
+from lab7_helpers.submissions import read_submission
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
+FULL_MARKS = 11
+
+
+def submission(**changes) -> dict:
+    """The solution notebook with answers filled in, then ``changes``: todo id -> new code, or checkpoint id
+    -> new answer text."""
+    notebook = json.loads(json.dumps(SOLUTION))
+    for cell in notebook["cells"]:
+        meta = cell["metadata"]
+        if meta.get("checkpoint"):
+            cell["source"] = changes.get(meta["checkpoint"], f"*Your answer:* my thoughts on {meta['checkpoint']}")
+        elif meta.get("todo") in changes:
+            cell["source"] = changes[meta["todo"]]
+    return notebook
+
+
+NO_GRAD_KL = '''
+def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
+    token_logps, mask = lab.token_logprobs(policy_logits, labels)
+    with torch.no_grad():
+        kl_per_position = lab.token_kl(policy_logits[:, :-1], ref_logits[:, :-1])
+    nll = -token_logps[mask].mean()
+    kl = kl_per_position[mask].mean()
+    return nll + beta * kl, nll, kl
+'''
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("class")
+    sibling = folder / "alice.ipynb"
+    class_ = {
+        "alice": submission(),
+        "bob_nograd": submission(**{"kl-loss": NO_GRAD_KL}),
+        "carol_loop": submission(**{"refusal-phrases": "while True:\n    pass"}),
+        "dave_peeks": submission(**{"dpo-dataset": f"train_ds_dpo = open({str(sibling)!r}).read()"}),
+        "erin_deletes": submission(**{"dpo-dataset": f"import os\nos.remove({str(sibling)!r})"}),
+        "frank_empty": submission(**{"ties": "*Your answer:*"}),
+        "gina_memory": submission(**{"refusal-phrases": "REFUSAL_PHRASES = bytearray(8 * 2**30)"}),
+    }
+    for name, notebook in class_.items():
+        (folder / f"{name}.ipynb").write_text(json.dumps(notebook))
+    (folder / "henry_notebook.ipynb").write_text("this is not a notebook")
+    started = time.time()
+    grades = grade([str(folder)], folder / "out", limits=Limits(wall_seconds=60, todo_seconds=3), progress=False)
+    return folder, grades, time.time() - started
+
+
+def test_correct_and_buggy_submissions_get_the_expected_points(graded):
+    folder, grades, _ = graded
+    assert grades.loc["alice", "total"] == grades.loc["alice", "max"] == FULL_MARKS
+    assert grades.loc["alice", "status"] == "graded"
+    bob = grades.loc["bob_nograd"]
+    assert bob["kl-loss points"] == 0 and "no gradient" in bob["kl-loss hint"] and bob["total"] == FULL_MARKS - 3
+
+
+def test_endless_loop_and_memory_bomb_lose_only_their_own_todo(graded):
+    _, grades, elapsed = graded
+    for student, words in (("carol_loop", "longer than 3 s"), ("gina_memory", "MemoryError")):
+        row = grades.loc[student]
+        assert row["refusal-phrases points"] == 0 and words in row["refusal-phrases hint"], row
+        assert row["total"] == FULL_MARKS - 1
+    assert elapsed < 120
+
+
+def test_sandbox_blocks_reading_and_deleting_other_files(graded):
+    folder, grades, _ = graded
+    for student in ("dave_peeks", "erin_deletes"):
+        row = grades.loc[student]
+        assert row["dpo-dataset points"] == 0 and "PermissionError" in row["dpo-dataset hint"], row
+        assert row["total"] == FULL_MARKS - 2
+    assert (folder / "alice.ipynb").exists()
+    assert grades.loc["alice", "total"] == FULL_MARKS  # graded as if nothing had happened
+
+
+def test_not_a_notebook_and_empty_answers(graded):
+    folder, grades, _ = graded
+    henry = grades.loc["henry_notebook"]
+    assert henry["status"] == "not graded" and "not a notebook" in henry["problem"] and henry["total"] == 0
+    answers = pd.read_csv(folder / "out" / "answers.csv", index_col="student", keep_default_na=False)
+    assert answers.loc["frank_empty", "ties"] == ""
+    assert answers.loc["alice", "ties"] == "my thoughts on ties"
+    assert list(answers.columns) == list(load_rubric()["checkpoints"])
+    page = (folder / "out" / "grading.html").read_text()
+    assert "(empty)" in page and "A tie carries no preference" in page and "bob_nograd" in page
+
+
+def test_exported_answers_file_is_graded_like_the_notebook(tmp_path):
+    from lab7_helpers import export_answers
+
+    notebook = tmp_path / "lab7.ipynb"
+    notebook.write_text(json.dumps(submission()))
+    exported = export_answers(tmp_path / "alice.json", notebook_path=notebook)
+    assert read_submission(exported) == read_submission(notebook)
+    assert main(["grade", str(exported), "--out", str(tmp_path / "out")]) == 0
+    grades = pd.read_csv(tmp_path / "out" / "grades.csv", index_col="student")
+    assert grades.loc["alice", "total"] == FULL_MARKS
+
+
+def test_stripped_metadata_still_finds_the_todo_cells():
+    notebook = submission()
+    for cell in notebook["cells"]:
+        cell["metadata"] = {}
+    todos = read_submission_dict(notebook)["todos"]
+    assert set(todos) == {"kl-loss", "dpo-by-hand", "dpo-dataset", "refusal-phrases"}
+    assert "def my_kl_regularized_loss" in todos["kl-loss"]
+
+
+def read_submission_dict(notebook):
+    from lab7_helpers.submissions import extract
+
+    return extract(notebook)
+
+
+def test_bad_rubric_is_a_clear_error(tmp_path):
+    bad = tmp_path / "rubric.toml"
+    bad.write_text('[checks.kl-loss]\ntitle = "x"\n')
+    with pytest.raises(ValueError, match=r"\[checks.kl-loss\] needs todo, points"):
+        load_rubric(bad)
