@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from .data import PairFileError
-from .run import LabSettings, default_model, run_lab
+from .run import LabSettings, check_model_available, default_model, run_lab
 
 DEFAULTS = LabSettings()
 
@@ -126,12 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         args.model, why = default_model()
         print(f"lab7: using model {args.model} ({why}; choose another with --model)", file=sys.stderr)
+    problem = check_model_available(args.model)
+    if problem:
+        print(f"lab7: error: {problem}", file=sys.stderr)
+        return 2
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
     settings = LabSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "out")})
     started = time.time()
     try:
         run = run_lab(settings, out)
-    except PairFileError as err:
+    except (PairFileError, OSError) as err:  # a bad pairs file; a model that failed to load
         print(f"lab7: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

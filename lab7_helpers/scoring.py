@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE_INDEX, encode_pairs_for_dpo
+from .data import IGNORE_INDEX, encode_pairs_shared_prompt
 from .losses import upcast
 
 
@@ -34,6 +34,26 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     return logps, mask
 
 
+def shared_prompt_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                           torch.Tensor]:
+    """Summed log-probs of chosen and rejected responses from ``encode_pairs_shared_prompt`` rows.
+
+    Equal to ``response_logprobs`` on ``encode_pairs_for_dpo`` (summed per sequence), with the prompt computed once.
+    Returns ``(chosen [B], rejected [B], chosen_tokens [B], rejected_tokens [B])``; gradient flows if enabled.
+    """
+    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              position_ids=batch["position_ids"]).last_hidden_state  # [B, L, H]
+    side = batch["side"]
+    scored = side >= 0
+    states = hidden.gather(1, batch["source"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, K, H]
+    logits = upcast(model.get_output_embeddings()(states[scored]))  # [N, V]
+    picked = logits.gather(-1, batch["target"][scored].unsqueeze(-1)).squeeze(-1)
+    logps = torch.zeros(side.shape, dtype=logits.dtype, device=logits.device)
+    logps[scored] = picked - torch.logsumexp(logits, dim=-1)
+    chosen, rejected = side == 0, side == 1
+    return ((logps * chosen).sum(-1), (logps * rejected).sum(-1), chosen.sum(-1), rejected.sum(-1))
+
+
 @torch.inference_mode()
 def pair_logprobs(model, tokenizer, pairs: Sequence[dict], batch_size: int = 8, max_length: int = 256,
                   progress: bool = False) -> dict[str, torch.Tensor]:
@@ -50,14 +70,9 @@ def pair_logprobs(model, tokenizer, pairs: Sequence[dict], batch_size: int = 8, 
         for start in tqdm(range(0, len(pairs), batch_size), desc="scoring pairs", disable=not progress,
                           unit="batch"):
             chunk = pairs[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in encode_pairs_for_dpo(tokenizer, chunk, max_length).items()}
-            logps, mask = response_logprobs(model, **batch)
-            sums, counts = logps.sum(-1).cpu(), mask.sum(-1).cpu()
-            n = len(chunk)
-            parts["chosen"].append(sums[:n])
-            parts["rejected"].append(sums[n:])
-            parts["chosen_tokens"].append(counts[:n])
-            parts["rejected_tokens"].append(counts[n:])
+            batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
+            for key, value in zip(parts, shared_prompt_logprobs(model, batch)):
+                parts[key].append(value.cpu())
     finally:
         model.train(was_training)
     return {k: torch.cat(v) for k, v in parts.items()}

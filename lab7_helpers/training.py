@@ -14,10 +14,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import encode_pair, encode_pairs_for_dpo, pad_batch
+from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
 from .losses import dpo_loss, kl_regularized_loss
 from .models import mixed_precision_dtype
-from .scoring import pair_logprobs, response_logprobs
+from .scoring import pair_logprobs, shared_prompt_logprobs
 
 
 MAX_GRAD_NORM = 1.0  # gradient clipping, as in TRL / the Hugging Face Trainer
@@ -108,6 +108,7 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
         check_finite(loss, "KL update", step, [pairs[i] for i in idx])
         optimizer_step(loss, optimizer, scaler)
         rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
+    optimizer.zero_grad(set_to_none=True)  # the last step's gradients would hold a model's worth of memory
     return history_frame(rows)
 
 
@@ -117,8 +118,8 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     """DPO on ``pairs`` with our own loop; the same loss as TRL's ``DPOTrainer`` (summed log-probs).
 
     The reference log-probs are computed once, before training, in large batches: ``ref`` is not needed during
-    the updates. Each step runs chosen and rejected through the policy in one forward pass and applies the LM
-    head to response positions only.
+    the updates. Each step runs prompt, chosen and rejected through the policy as one sequence (the prompt once;
+    see ``encode_pairs_shared_prompt``) and applies the LM head to response positions only.
 
     Returns a DataFrame with ``loss`` and the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
     ``rewards/accuracies`` that TRL logs (batch means, before the step's update).
@@ -133,13 +134,11 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     for step, idx in enumerate(tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO",
                                     disable=not progress, unit="step"), start=1):
         chunk = [pairs[i] for i in idx]
-        batch = {k: v.to(device) for k, v in encode_pairs_for_dpo(tokenizer, chunk, max_length).items()}
+        batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
         with amp():
-            logps, _ = response_logprobs(policy, **batch)
-        sums = logps.sum(-1)
-        n = len(idx)
+            chosen_logps, rejected_logps, _, _ = shared_prompt_logprobs(policy, batch)
         losses, chosen_rewards, rejected_rewards = dpo_loss(
-            sums[:n], sums[n:], ref_scores["chosen"][idx].to(device), ref_scores["rejected"][idx].to(device),
+            chosen_logps, rejected_logps, ref_scores["chosen"][idx].to(device), ref_scores["rejected"][idx].to(device),
             beta=beta, loss_type=loss_type)
         loss = losses.mean()
         check_finite(loss, "DPO", step, chunk)
@@ -148,6 +147,7 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
                      "rewards/rejected": rejected_rewards.mean().item(),
                      "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
                      "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()})
+    optimizer.zero_grad(set_to_none=True)
     return history_frame(rows)
 
 

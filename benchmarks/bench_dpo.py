@@ -1,0 +1,98 @@
+"""DPO training: the lab's train_dpo vs TRL's DPOTrainer (lab settings, TRL defaults otherwise), side by side.
+
+    python benchmarks/bench_dpo.py                 # smollm2-135m, 48 pairs at batch 1 and at batch 8
+    python benchmarks/bench_dpo.py --smoke         # tiny-gpt2, seconds (the test suite runs this)
+
+Prints pairs/s, peak memory, first-step losses (they must agree to 1e-5) and hardware efficiency: training
+FLOP/s (6 x params x tokens for the policy, 2 x params x tokens for the reference) as a share of this machine's
+fp32 matmul rate, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import matmul_gflops, print_table, save_result  # noqa: E402
+
+import lab7_helpers as lab  # noqa: E402
+from lab7_helpers.cli import quiet_libraries  # noqa: E402
+
+
+def tokens_per_pair(tokenizer, pairs) -> float:
+    """Mean non-padding tokens of chosen + rejected sequences (prompt included) per pair."""
+    batch = lab.encode_pairs_for_dpo(tokenizer, pairs)
+    return batch["attention_mask"].sum().item() / len(pairs)
+
+
+def measure(trainer: str, model_name: str, n_pairs: int, batch_size: int) -> dict:
+    """Runs in a fresh child process, so that peak memory is this trainer's alone (model loading included)."""
+    import resource
+
+    quiet_libraries()
+    warnings.simplefilter("ignore")
+    base, tokenizer = lab.load_model(model_name)
+    ref = lab.freeze(base)
+    policy = lab.trainable_copy(ref)
+    pairs = lab.split_pairs(lab.load_pairs(lab.BUNDLED_PAIRS))[0][:n_pairs]
+    train = lab.train_dpo_trl if trainer == "TRL DPOTrainer" else partial(lab.train_dpo, progress=False)
+    start = time.perf_counter()
+    history = train(policy, ref, tokenizer, pairs, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    n_params = sum(p.numel() for p in ref.parameters())
+    flops = 8 * n_params * tokens_per_pair(tokenizer, pairs) * len(pairs)  # 6PT policy, 2PT reference
+    return {"trainer": trainer, "batch": batch_size, "pairs": len(pairs), "seconds": seconds,
+            "pairs_per_s": len(pairs) / seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            / 2**20, "first_loss": float(history["loss"].iloc[0]), "gflops": flops / seconds / 1e9,
+            "params_m": n_params / 1e6}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--smoke", action="store_true", help="tiny-gpt2 and 4 pairs: checks the script runs")
+    parser.add_argument("--pairs-b1", type=int, default=48)
+    parser.add_argument("--pairs-b8", type=int, default=48)
+    args = parser.parse_args()
+    quiet_libraries()
+    warnings.simplefilter("ignore")
+    model_name = "tiny-gpt2" if args.smoke else args.model
+    sizes = {1: 4, 8: 8} if args.smoke else {1: args.pairs_b1, 8: args.pairs_b8}
+
+    peak = matmul_gflops(seconds=0.5 if args.smoke else 3.0)
+    rows = []
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             max_tasks_per_child=1) as pool:
+        for batch_size, n in sizes.items():
+            for trainer in ("lab7 train_dpo", "TRL DPOTrainer"):
+                rows.append(pool.submit(measure, trainer, model_name, n, batch_size).result())
+                rows[-1]["matmul_share"] = rows[-1]["gflops"] / peak
+    peak_after = matmul_gflops(seconds=0.5 if args.smoke else 3.0)
+
+    print(f"model {model_name} ({rows[0]['params_m']:.1f}M parameters); fp32 matmul peak {peak:.0f} GFLOP/s "
+          f"(before) / {peak_after:.0f} (after); each row ran in its own process")
+    print_table(rows, "DPO training")
+    ratios = []
+    for batch_size in sizes:
+        own, theirs = [r for r in rows if r["batch"] == batch_size]
+        ratios.append({"batch": batch_size, "speedup (pairs/s)": own["pairs_per_s"] / theirs["pairs_per_s"],
+                       "peak-memory ratio": own["peak_rss_gb"] / theirs["peak_rss_gb"],
+                       "|first-loss diff|": abs(own["first_loss"] - theirs["first_loss"]),
+                       "ours % of matmul peak": 100 * own["matmul_share"],
+                       "TRL % of matmul peak": 100 * theirs["matmul_share"]})
+    print_table(ratios, "lab7 vs TRL (targets: speedup >= 2 at batch 1; ours >= 50% of peak; |diff| < 1e-5)")
+    if not args.smoke:
+        save_result("dpo", {"model": model_name, "matmul_gflops": [peak, peak_after], "rows": rows,
+                            "ratios": ratios})
+    return 0 if all(r["|first-loss diff|"] < 1e-5 for r in ratios) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The whole main job (`lab7 run`) vs a faithful re-creation of the original notebook's approach
+(original_approach.py), on the same model, data and settings. Each runs in its own child process, one after
+the other, from this one script; wall time and peak RSS of each child are measured here.
+
+    python benchmarks/bench_main_job.py                   # smollm2-135m, the first 48 bundled pairs
+    python benchmarks/bench_main_job.py --smoke           # tiny-gpt2, 12 pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PeakRSS, print_table, save_result  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def timed(command: list[str]) -> dict:
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with PeakRSS(process.pid) as memory:
+        start = time.perf_counter()
+        output, _ = process.communicate()
+        seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return {"seconds": seconds, "peak_rss_gb": memory.peak / 2**30}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--pairs", type=int, default=48, help="how many bundled pairs to use")
+    parser.add_argument("--smoke", action="store_true")
+    args = parser.parse_args()
+    import lab7_helpers as lab
+
+    model = "tiny-gpt2" if args.smoke else args.model
+    n_pairs = 12 if args.smoke else args.pairs
+    with tempfile.TemporaryDirectory() as tmp:
+        pairs = Path(tmp) / "pairs.jsonl"
+        pairs.write_text("".join(lab.BUNDLED_PAIRS.read_text().splitlines(keepends=True)[:n_pairs]))
+        extra = ["--kl-steps", "2", "--max-new-tokens", "8"] if args.smoke else []
+        ours = timed([sys.executable, "-m", "lab7_helpers.cli", "run", "--model", model, "--pairs", str(pairs),
+                      "--out", str(Path(tmp) / "run"), *extra])
+        original = timed([sys.executable, str(HERE / "original_approach.py"), "--model", model,
+                          "--pairs", str(pairs)])
+    rows = [{"job": "lab7 run", **ours}, {"job": "original notebook approach", **original}]
+    print_table(rows, f"Main job on {model}, {n_pairs} pairs")
+    ratios = {"wall time (target <= 35%)": 100 * ours["seconds"] / original["seconds"],
+              "peak RSS (target <= 50%)": 100 * ours["peak_rss_gb"] / original["peak_rss_gb"]}
+    print_table([{k: f"{v:.0f}%" for k, v in ratios.items()}], "lab7 run as a share of the original")
+    if not args.smoke:
+        save_result("main_job", {"model": model, "pairs": n_pairs, "rows": rows, "ratios_percent": ratios})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
