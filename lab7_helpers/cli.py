@@ -10,7 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .data import PairFileError
+from .data import PairFileError  # noqa: F401  (a ValueError, caught below)
 from .run import LabSettings, check_model_available, default_model, run_lab
 
 DEFAULTS = LabSettings()
@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help="tiny-gpt2, smollm2-135m, a local folder or a Hub name "
                      "(default: gpt2 if it can be loaded, else smollm2-135m)")
     run.add_argument("--pairs", default=DEFAULTS.pairs, help="JSONL file of prompt/chosen/rejected pairs")
-    run.add_argument("--out", type=Path, default=None, help="output folder (must not exist; default: runs/<time>-<model>)")
+    run.add_argument("--out", type=Path, default=None,
+                     help="output folder (must not exist; default: runs/<time>-<model>)")
     run.add_argument("--seed", type=int, default=DEFAULTS.seed)
     run.add_argument("--test-fraction", type=_number(float, 0, False, "must be between 0 and 1"),
                      default=DEFAULTS.test_fraction)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         run = run_lab(settings, out)
-    except (PairFileError, OSError) as err:  # a bad pairs file; a model that failed to load
+    except (PairFileError, OSError, ValueError) as err:  # bad pairs file, too few pairs, a model that failed to load
         print(f"lab7: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

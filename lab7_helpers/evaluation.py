@@ -37,13 +37,16 @@ def metric_descriptions() -> pd.DataFrame:
 
 
 @torch.inference_mode()
-def response_nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], batch_size: int = 16,
+def response_nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], batch_size: int = 4,
                         max_length: int = 256) -> tuple[float, float]:
-    """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``."""
+    """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``.
+
+    Small batches: the exact KL needs both models' full-vocabulary logits, a few hundred MB per 16 sequences."""
     device = next(model.parameters()).device
     total_nll = total_kl = total_tokens = 0.0
     for start in range(0, len(pairs), batch_size):
-        encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs[start:start + batch_size]]
+        chunk = pairs[start:start + batch_size]
+        encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in chunk]
         batch = {k: v.to(device) for k, v in pad_batch(encoded, tokenizer.pad_token_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         _, nll, kl = kl_regularized_loss(model(**inputs).logits, ref(**inputs).logits, batch["labels"], 0.0)

@@ -34,7 +34,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 80,
         starts = range(0, len(prompts), batch_size)
         for start in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
             batch = [format_prompt(p) for p in prompts[start:start + batch_size]]
-            inputs = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            inputs = tokenizer(batch, return_tensors="pt", padding=True, return_token_type_ids=False).to(device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                     eos_token_id=tokenizer.eos_token_id, **sampling)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]

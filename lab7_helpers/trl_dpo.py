@@ -12,6 +12,7 @@ from .data import format_prompt
 from .models import mixed_precision_dtype, remove_forward_patch
 from .training import history_frame
 
+MIN_TRL = (0, 29)
 HISTORY_COLUMNS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
 
 
@@ -40,7 +41,12 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
     except that mixed precision is chosen for the device (TRL's default bf16 fails on most CPUs). A new config
     per trainer: sharing one between trainers can fail with "AcceleratorState has already been initialized".
     """
+    import trl
     from transformers.trainer_callback import ProgressCallback
+
+    if tuple(int(part) for part in trl.__version__.split(".")[:2]) < MIN_TRL:
+        raise RuntimeError(f"TRL {trl.__version__} is too old for this lab (it needs 0.29 or newer). "
+                           "Run: pip install 'trl>=0.29,<2' and restart the runtime.")
     from trl import DPOConfig, DPOTrainer
 
     class QuietProgress(ProgressCallback):
@@ -69,14 +75,16 @@ def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0
     """Train ``policy`` in place with TRL's ``DPOTrainer``; same arguments as ``train_dpo`` (plus ``dataset``, see
     ``make_dpo_trainer``).
 
-    Returns a DataFrame with a row per optimizer step: ``loss`` and TRL's ``rewards/*`` columns.
+    Returns a DataFrame with a row per optimizer step: ``loss`` and TRL's ``rewards/*`` columns. (With
+    transformers 4.x the Trainer rounds the logged ``loss`` to 4 decimals; the rewards are never rounded.)
     """
-    trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
-                               dataset=dataset)
-    try:
-        trainer.train()
-    finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)
-        remove_forward_patch(policy)
-        remove_forward_patch(ref)
+    with tempfile.TemporaryDirectory(prefix="lab7_trl_") as output_dir:  # TRL wants a folder; leave nothing behind
+        trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
+                                   output_dir=output_dir, dataset=dataset)
+        try:
+            trainer.train()
+        finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)
+            remove_forward_patch(policy)
+            remove_forward_patch(ref)
     return history_frame([{k: log[k] for k in HISTORY_COLUMNS}
                           for log in trainer.state.log_history if "rewards/margins" in log])

@@ -72,6 +72,12 @@ def exit_code(args) -> int:
     (["--max-length", "4"], "must be >= 16"),
     (["--kl-beta-sweep", "0,x"], "is not a float"),
     (["--pairs", "no/such/file.jsonl"], "pairs file not found: no/such/file.jsonl"),
+    (["--pairs", "."], "pairs file not found: ."),
+    (["--temperature", "-0.5"], "must be >= 0"),
+    (["--top-p", "1.5"], "--top-p must be <= 1"),
+    (["--test-fraction", "1"], "--test-fraction < 1"),
+    (["--batch-size", "2.5"], "is not a int"),
+    (["--model", "no-such-org/no-such-model"], "cannot load the model 'no-such-org/no-such-model'"),
 ])
 def test_bad_arguments_exit_2_with_a_message(args, message, capsys):
     assert exit_code(["run", *args]) == 2
@@ -86,8 +92,37 @@ def test_bad_pairs_file_names_every_bad_line_without_a_traceback(tmp_path):
         assert f"lab6_style_example.jsonl:{line}:" in result.stderr
 
 
+def test_a_file_with_one_pair_is_too_small_to_split(tmp_path, capsys):
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    assert exit_code(["run", "--model", "tiny-gpt2", "--pairs", str(one), "--out", str(tmp_path / "o")]) == 2
+    assert "need at least 2 pairs" in capsys.readouterr().err
+
+
+def test_grade_reports_missing_submissions(tmp_path, capsys):
+    assert exit_code(["grade", str(tmp_path / "nope.ipynb"), "--out", str(tmp_path / "g")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
 def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("earlier results")
     assert exit_code(["run", "--model", "tiny-gpt2", "--out", str(tmp_path)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "earlier results"
+
+
+def test_interrupted_run_leaves_a_consistent_folder(small_pairs, tmp_path, monkeypatch, capsys):
+    import lab7_helpers.run as run_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train_dpo", interrupted)
+    out = tmp_path / "stopped"
+    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out)]) == 130
+    assert "interrupted; finished stages are in" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["history_kl.csv", "kl_history.png", "report.html",
+                                                    "settings.json"]  # no half-written or .tmp files
+    report = (out / "report.html").read_text()
+    assert "KL update: done" in report and "DPO: not run / not finished" in report
+    assert "evaluation: not run / not finished" in report

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import transformers
 
 from lab7_helpers import trainable_copy
 from lab7_helpers.training import batches, kl_beta_sweep, train_dpo, train_kl
@@ -57,8 +58,10 @@ def test_train_dpo_matches_trl_step_by_step(tiny, tokenizer, pairs):
     ours = train_dpo(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3, progress=False)
     trl = train_dpo_trl(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3)
     assert list(trl.columns) == list(ours.columns)
-    assert abs(ours["loss"].iloc[0] - trl["loss"].iloc[0]) < 1e-5
-    assert abs(ours["loss"].iloc[1] - trl["loss"].iloc[1]) < 1e-5
+    # transformers 4.x rounds the Trainer's logged loss to 4 decimals (test_trl_parity compares unrounded values)
+    tolerance = 1e-5 if int(transformers.__version__.split(".")[0]) >= 5 else 5e-5 + 1e-6
+    assert abs(ours["loss"].iloc[0] - trl["loss"].iloc[0]) < tolerance
+    assert abs(ours["loss"].iloc[1] - trl["loss"].iloc[1]) < tolerance
     assert ours["loss"].iloc[1] < ours["loss"].iloc[0] - 1e-3  # the update did something
     assert ours["rewards/margins"].iloc[1] == pytest.approx(trl["rewards/margins"].iloc[1], abs=1e-5)
 
