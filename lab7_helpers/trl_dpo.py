@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import Sequence
 
-import pandas as pd  # noqa: F401  (the return type)
+import pandas as pd
 import torch
 
 from .data import format_prompt

@@ -36,7 +36,12 @@
 
 # %% tags=["colab"]
 # Colab only: install the lab's helpers and a TRL version they are tested with. Colab's torch stays as it is.
-# %pip install -q "lab7_helpers @ git+{{REPO_URL}}" "trl>=0.29,<2"
+# (Elsewhere, install with the README's set-up command.)
+import sys
+
+if "google.colab" in sys.modules:
+    # %pip install -q "lab7_helpers @ git+{{REPO_URL}}" "trl>=0.29,<2"
+    pass
 
 # %%
 # %matplotlib inline
@@ -410,4 +415,7 @@ generations.style.set_properties(**{"white-space": "pre-wrap", "text-align": "le
 # elsewhere, save first and call `lab.export_answers(notebook_path="lab7.ipynb")`).
 
 # %% tags=["colab"]
-lab.export_answers()
+if IN_COLAB:
+    lab.export_answers()
+else:
+    print('Save this notebook, then run: lab.export_answers(notebook_path="lab7.ipynb")')

@@ -89,12 +89,17 @@ def test_kl_regularized_loss_rejects_a_batch_without_response_tokens():
         kl_regularized_loss(torch.randn(1, 3, 5), torch.randn(1, 3, 5), torch.full((1, 3), X), 0.1)
 
 
+def policy_and_ref_logits(policy, ref, batch):
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        ref_logits = ref(**inputs).logits
+    return policy(**inputs).logits, ref_logits
+
+
 def kl_step_gradient(policy, ref, batch, beta, kl_fn=token_kl):
     """The gradient of one KL-regularized step; ``kl_fn`` lets the test plant the original lab's bug."""
     policy.zero_grad()
-    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    with torch.no_grad():
-        ref_logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, ref_logits = policy_and_ref_logits(policy, ref, batch)
     logps, mask = token_logprobs(logits, batch["labels"])
     nll = -logps.sum() / mask.sum()
     kl = kl_fn(logits[:, :-1], ref_logits[:, :-1])[mask].mean()
@@ -109,10 +114,7 @@ def test_kl_gradient_reaches_the_policy_and_beta_changes_it(tiny, policy, tokeni
     grads = {}
     for beta in (0.0, 0.5, 2.0):
         policy.zero_grad()
-        out = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        with torch.no_grad():
-            ref_out = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, nll, kl = kl_regularized_loss(out, ref_out, batch["labels"], beta)
+        loss, nll, kl = kl_regularized_loss(*policy_and_ref_logits(policy, ref, batch), batch["labels"], beta)
         assert kl.requires_grad and kl.item() > 0
         loss.backward()
         grads[beta] = torch.cat([p.grad.flatten() for p in policy.parameters()])

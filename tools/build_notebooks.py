@@ -23,7 +23,7 @@ SOURCE = ROOT / "notebook" / "lab7.py"
 OUTPUTS = {"student": ROOT / "lab7.ipynb", "solution": ROOT / "instructor" / "lab7_solution.ipynb"}
 README = ROOT / "README.md"
 BADGE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.DOTALL)
-MAGIC = re.compile(r"^# %(?!%)\w")
+MAGIC = re.compile(r"^(\s*)# (%(?!%)\w.*)$")
 HEADER = re.compile(r"^# %%(?: \[(?P<kind>markdown)\])?(?P<meta>.*)$")
 
 
@@ -67,7 +67,7 @@ def code_for(lines: list[str], variant: str) -> str:
             continue
         if section == "solution" and variant != "solution":
             continue
-        out.append(line[2:] if MAGIC.match(line) else line)
+        out.append(MAGIC.sub(r"\1\2", line))
     return "\n".join(out).strip("\n")
 
 
