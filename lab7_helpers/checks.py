@@ -40,7 +40,7 @@ class CheckResult:
     def __str__(self) -> str:
         mark = "PASSED" if self.passed else "NOT YET"
         text = f"{mark} {self.name}: {self.points:g}/{self.max_points:g}"
-        return f"{text}. {self.hint}" if self.hint else text
+        return f"{text}. {self.hint[:1].upper()}{self.hint[1:]}" if self.hint else text
 
     __repr__ = __str__
 
@@ -72,6 +72,14 @@ def describe_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
+UNFINISHED = "replace the ... placeholders with your code, then run this check again."
+
+
+def _unfinished(value) -> bool:
+    """The TODO's ``...`` placeholders are still there (the value is ``...`` or holds one)."""
+    return value is Ellipsis or (isinstance(value, (tuple, list)) and any(v is Ellipsis for v in value))
+
+
 def _close(a, b, tol: float = 1e-5) -> bool:
     return torch.allclose(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
                           atol=tol, rtol=tol)
@@ -92,7 +100,10 @@ def check_kl_loss(student_fn: Callable, max_points: float = 3.0) -> CheckResult:
         policy, ref, labels = _kl_inputs()
         want_loss, want_nll, want_kl = kl_regularized_loss(policy, ref, labels, 0.5)
         policy_in = policy.clone().requires_grad_(True)
-        loss, nll, kl = student_fn(policy_in, ref, labels, 0.5)
+        result = student_fn(policy_in, ref, labels, 0.5)
+        if _unfinished(result):
+            return UNFINISHED
+        loss, nll, kl = result
         if not _close(nll, want_nll):
             if _close(nll, -want_nll):
                 return "nll has the wrong sign: it is the *negative* log-likelihood."
@@ -127,6 +138,8 @@ def check_sequence_logprobs(student_fn: Callable, max_points: float = 2.0) -> Ch
         logits, _, labels = _kl_inputs(seed=1)
         want = sequence_logprobs(logits, labels)
         got = student_fn(logits, labels)
+        if _unfinished(got):
+            return UNFINISHED
         logps, mask = token_logprobs(logits, labels)
         if _close(got, logps.sum(-1) / mask.sum(-1)):
             return "that is a mean per token; DPO uses the SUM of log-probs over response tokens."
@@ -151,7 +164,10 @@ def check_dpo_loss(student_fn: Callable, max_points: float = 3.0) -> CheckResult
         rc, rr = torch.tensor([-11.0, -28.0, -6.0]), torch.tensor([-11.5, -26.0, -8.0])
         beta = 0.3
         want = dpo_loss(pc, pr, rc, rr, beta)[0]
-        got = torch.as_tensor(student_fn(pc, pr, rc, rr, beta), dtype=torch.float32)
+        got = student_fn(pc, pr, rc, rr, beta)
+        if _unfinished(got):
+            return UNFINISHED
+        got = torch.as_tensor(got, dtype=torch.float32)
         if got.shape != want.shape:
             if got.numel() == 1 and _close(got, want.mean()):
                 return "return one loss per pair (shape [B]), not the mean; the trainer takes the mean."
@@ -176,8 +192,8 @@ def check_dpo_dataset(dataset, pairs: Sequence[dict], max_points: float = 2.0) -
     """The student's DPO dataset: TRL's columns, one row per pair, the lab's prompt template, not swapped."""
 
     def body() -> str | None:
-        if dataset is None or dataset is Ellipsis:
-            return "build the dataset first (Dataset.from_list([...]))."
+        if dataset is None or _unfinished(dataset):
+            return UNFINISHED
         columns = set(getattr(dataset, "column_names", []) or [])
         if not set(FIELDS) <= columns:
             return f"TRL needs the columns prompt, chosen and rejected; you have {sorted(columns)}."
@@ -201,8 +217,10 @@ def check_refusal_phrases(phrases: Sequence[str], max_points: float = 1.0) -> Ch
     from .metrics import refusal_flag
 
     def body() -> str | None:
-        if not phrases or phrases is Ellipsis or isinstance(phrases, str):
-            return "give a list of phrases, e.g. [\"I can't help with\", ...]."
+        if _unfinished(phrases):
+            return UNFINISHED
+        if not phrases or isinstance(phrases, str):
+            return "give a list of phrases, e.g. [\"I can't help with\", \"I must decline\"]."
         false_alarms = [s for s in NOT_REFUSALS if refusal_flag(s, phrases)]
         if false_alarms:
             return f"too broad: it flags the ordinary sentence {false_alarms[0]!r}. Name who refuses and what."

@@ -90,7 +90,7 @@ def test_dpo_dataset_check(pairs):
     assert "swapped" in check_dpo_dataset(swapped, pairs).hint
     assert "one row per pair" in check_dpo_dataset(dpo_dataset(pairs[:2]), pairs).hint
     assert "columns" in check_dpo_dataset(Dataset.from_list([{"text": "x"}] * 3), pairs).hint
-    assert "build the dataset" in check_dpo_dataset(..., pairs).hint
+    assert "placeholders" in check_dpo_dataset(..., pairs).hint
 
 
 def test_refusal_phrases_check():
@@ -98,6 +98,13 @@ def test_refusal_phrases_check():
     assert "too broad" in check_refusal_phrases(["unable to", "I can't help"]).hint
     assert "too broad" in check_refusal_phrases(["can't help"]).hint
     assert "too narrow" in check_refusal_phrases(["I must decline"]).hint
-    assert "list of phrases" in check_refusal_phrases(...).hint
+    assert "placeholders" in check_refusal_phrases([...]).hint
+    assert "list of phrases" in check_refusal_phrases("I can't").hint
     result = check_refusal_phrases(["I can't", "I cannot", "I'm sorry, but"])
     assert result.passed, result
+
+
+def test_untouched_todos_get_the_placeholder_hint():
+    assert "placeholders" in check_kl_loss(lambda p, r, labels, beta: (..., ..., ...)).hint
+    assert "placeholders" in check_sequence_logprobs(lambda logits, labels: ...).hint
+    assert "placeholders" in check_dpo_loss(lambda pc, pr, rc, rr, beta: ...).hint
