@@ -31,6 +31,8 @@ REFUSALS = ["I can't help with that request.", "I'm sorry, but I can't assist wi
 
 @dataclass
 class CheckResult:
+    """The outcome of one self-check: shown as a coloured line in the notebook, a row in grades.csv."""
+
     name: str
     passed: bool
     points: float

@@ -34,6 +34,7 @@ def _betas(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """``lab7 run`` and ``lab7 grade`` with every flag, validated as it is parsed."""
     parser = argparse.ArgumentParser(prog="lab7", description="Lab 7: KL-regularized fine-tuning and DPO.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole lab (KL update, DPO, evaluation) and write a report",
@@ -91,6 +92,7 @@ def quiet_libraries() -> None:
 
 
 def grade_command(args) -> int:
+    """``lab7 grade``: 0 when every file was graded (whatever the grades), 2 for bad arguments or rubric."""
     from .grading import DEFAULT_RUBRIC, Limits, grade
 
     missing = [p for p in args.submissions if not Path(p).exists()]
@@ -110,6 +112,7 @@ def grade_command(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``lab7`` command. Exit status: 0 done, 2 bad input (with a message), 130 interrupted."""
     args = build_parser().parse_args(argv)
     if args.command == "grade":
         return grade_command(args)

@@ -52,6 +52,7 @@ def grading_namespace() -> dict:
 
 
 def install_sandbox(workdir: Path) -> None:
+    """Refuse, from now on, everything outside the rules in the module docstring (cannot be undone)."""
     import site
 
     # The Python installation and this package only: not sys.path, which may hold a checkout with the solutions.
@@ -78,6 +79,7 @@ def install_sandbox(workdir: Path) -> None:
 
 
 def main() -> None:
+    """Read the request, switch the sandbox on, run each TODO cell and its checks, report each result."""
     request = json.loads(sys.stdin.read())
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     token = request["token"]

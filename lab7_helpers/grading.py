@@ -27,6 +27,8 @@ DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
 
 @dataclass
 class Limits:
+    """What one submission may use."""
+
     wall_seconds: int = 120  # the whole submission, torch import included
     todo_seconds: int = 20  # one TODO cell and its checks
     memory_gb: float = 4.0  # address space (torch alone maps about 2.2 GB)

@@ -37,6 +37,7 @@ def cache_dir() -> Path:
 
 
 def default_device() -> str:
+    """``"cuda"`` when a GPU is available, else ``"cpu"``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -15,22 +15,26 @@ from .evaluation import metric_descriptions
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to ``path.tmp``, then rename: readers see the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
 
 
 def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG, atomically."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     write_atomic(path, buffer.getvalue())
 
 
 def save_csv(frame: pd.DataFrame, path: Path) -> None:
+    """A DataFrame as CSV (6 significant digits, ``\\n`` line ends: byte-identical across runs), atomically."""
     write_atomic(path, frame.to_csv(float_format="%.6g", lineterminator="\n"))
 
 
 def save_generations(generations: pd.DataFrame, path: Path) -> None:
+    """One JSON object per prompt (the prompt and each model's response), atomically."""
     lines = [json.dumps(row, ensure_ascii=False) for row in generations.to_dict(orient="records")]
     write_atomic(path, "".join(line + "\n" for line in lines))
 
@@ -76,7 +80,7 @@ def render_report(run: dict) -> str:
         parts.append("<h2>Generations (same prompts, same seed)</h2>"
                      + run["generations"].to_html(border=0, classes="table gen", index=False))
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             ".table{border-collapse:collapse;font-size:14px}.table td,.table th{border:1px solid #ccc;"
+             ".table{border-collapse:collapse;font-size:14px;display:block;overflow-x:auto}.table td,.table th{border:1px solid #ccc;"
              "padding:4px 8px;vertical-align:top}.gen td{white-space:pre-wrap;max-width:280px}"
              ".note{background:#fff4d6;padding:8px;border-left:4px solid #e0a800}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lab 7 report</title><style>{style}</style>"

@@ -46,6 +46,7 @@ class LabSettings:
 
 
 def planned_stages(settings: LabSettings) -> list[str]:
+    """The stages a run with ``settings`` goes through, in order (the report lists which finished)."""
     return (["KL update"] + (["beta sweep"] if settings.kl_beta_sweep else []) + ["DPO"]
             + (["DPO (TRL)"] if settings.with_trl else []) + ["evaluation"])
 
@@ -149,6 +150,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def in_hub_cache(name: str) -> bool:
+    """Whether the Hugging Face cache holds ``name``'s config (so it loads without the network)."""
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(name, "config.json"), str)

@@ -152,6 +152,7 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
 
 
 def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """Per-step dicts as a DataFrame indexed by step, starting at 1."""
     history = pd.DataFrame(rows)
     history.index = pd.RangeIndex(1, len(rows) + 1, name="step")
     return history
