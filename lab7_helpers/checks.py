@@ -7,6 +7,7 @@ never raises: an exception in the student's code becomes a failed result whose h
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -48,13 +49,7 @@ class CheckResult:
 
     def _repr_html_(self) -> str:
         color = "#2e7d32" if self.passed else "#c62828"
-        return f'<p style="color:{color};font-weight:bold">{_html_escape(str(self))}</p>'
-
-
-def _html_escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
+        return f'<p style="color:{color};font-weight:bold">{html.escape(str(self))}</p>'
 
 
 def _result(name: str, max_points: float, hint: str | None) -> CheckResult:

@@ -10,7 +10,6 @@ import time
 import warnings
 from pathlib import Path
 
-from .data import PairFileError  # noqa: F401  (a ValueError, caught below)
 from .run import LabSettings, check_model_available, default_model, run_lab
 
 DEFAULTS = LabSettings()
@@ -127,19 +126,20 @@ def main(argv: list[str] | None = None) -> int:
               "choose a new --out so no earlier results are overwritten", file=sys.stderr)
         return 2
     quiet_libraries()
-    if args.model is None:
+    if args.model is None:  # default_model only picks a model it can load
         args.model, why = default_model()
         print(f"lab7: using model {args.model} ({why}; choose another with --model)", file=sys.stderr)
-    problem = check_model_available(args.model)
-    if problem:
-        print(f"lab7: error: {problem}", file=sys.stderr)
-        return 2
+    else:
+        problem = check_model_available(args.model)
+        if problem:
+            print(f"lab7: error: {problem}", file=sys.stderr)
+            return 2
     out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
     settings = LabSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "out")})
     started = time.time()
     try:
         run = run_lab(settings, out)
-    except (PairFileError, OSError, ValueError) as err:  # bad pairs file, too few pairs, a model that failed to load
+    except (OSError, ValueError) as err:  # a bad pairs file (PairFileError), too few pairs, a model that failed to load
         print(f"lab7: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -80,7 +80,8 @@ def render_report(run: dict) -> str:
         parts.append("<h2>Generations (same prompts, same seed)</h2>"
                      + run["generations"].to_html(border=0, classes="table gen", index=False))
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             ".table{border-collapse:collapse;font-size:14px;display:block;overflow-x:auto}.table td,.table th{border:1px solid #ccc;"
+             ".table{border-collapse:collapse;font-size:14px;display:block;overflow-x:auto}"
+             ".table td,.table th{border:1px solid #ccc;"
              "padding:4px 8px;vertical-align:top}.gen td{white-space:pre-wrap;max-width:280px}"
              ".note{background:#fff4d6;padding:8px;border-left:4px solid #e0a800}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lab 7 report</title><style>{style}</style>"
