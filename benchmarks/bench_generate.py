@@ -1,5 +1,7 @@
 """Batched generate() vs one prompt at a time (the original lab's loop), same prompts, settings and model.
 
+A third row shows what the pre-packed oneDNN weights (``prepacked_weights``) add on CPU: batched, plain layers.
+
     python benchmarks/bench_generate.py            # smollm2-135m, the 24 held-out prompts, 80 new tokens
     python benchmarks/bench_generate.py --smoke    # tiny-gpt2, seconds
 """
@@ -31,7 +33,10 @@ def main() -> int:
     prompts = [p["prompt"] for p in test_pairs][: 4 if args.smoke else None]
     new_tokens = 8 if args.smoke else 80
     rows = []
-    for name, batch_size in (("one at a time", 1), ("batched", len(prompts))):
+    has_onednn = lab.generation._has_onednn_linear
+    for name, batch_size, packed in (("one at a time", 1, True), ("batched", len(prompts), True),
+                                     ("batched, plain layers", len(prompts), False)):
+        lab.generation._has_onednn_linear = has_onednn if packed else (lambda: False)
         start = time.perf_counter()
         texts = lab.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, batch_size=batch_size)
         seconds = time.perf_counter() - start
@@ -39,9 +44,10 @@ def main() -> int:
                      "prompts_per_s": len(prompts) / seconds, "words": sum(len(t.split()) for t in texts)})
     print_table(rows, f"Generation, {new_tokens} new tokens (target: batched >= 4x one at a time)")
     speedup = rows[1]["prompts_per_s"] / rows[0]["prompts_per_s"]
-    print(f"\nspeedup: {speedup:.2f}x")
+    packing = rows[1]["prompts_per_s"] / rows[2]["prompts_per_s"]
+    print(f"\nspeedup: {speedup:.2f}x (pre-packed weights alone: {packing:.2f}x)")
     if not args.smoke:
-        save_result("generate", {"rows": rows, "speedup": speedup})
+        save_result("generate", {"rows": rows, "speedup": speedup, "prepacked_speedup": packing})
     return 0
 
 

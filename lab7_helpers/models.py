@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -178,3 +180,28 @@ def trainable_copy(model: torch.nn.Module) -> torch.nn.Module:
     policy.train()
     policy.requires_grad_(True)
     return policy
+
+
+@contextmanager
+def weights_on_disk(*models: torch.nn.Module) -> Iterator[None]:
+    """Keep the parameters of ``models`` in a temporary file while the block runs; bring them back exactly after.
+
+    For models that the block does not use (the reference while DPO trains on precomputed reference
+    log-probs, the KL model while DPO trains): their memory is free meanwhile. Tied weights stay tied.
+    """
+    with tempfile.TemporaryDirectory(prefix="lab7_weights_") as folder:
+        parked = []
+        for i, model in enumerate(models):
+            params = dict(model.named_parameters())  # each tied parameter once
+            path = Path(folder) / f"{i}.pt"
+            torch.save({name: p.detach() for name, p in params.items()}, path)
+            for p in params.values():
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            parked.append((params, path))
+        try:
+            yield
+        finally:
+            for params, path in parked:
+                saved = torch.load(path, weights_only=True)
+                for name, p in params.items():
+                    p.data = saved[name]

@@ -1,7 +1,8 @@
 """The lab's main job, end to end: KL update, DPO (ours, optionally TRL's), evaluation, plots and a report.
 
 One frozen base model is the reference of both updates and the "base" row of the evaluation; each update
-trains its own copy, so at most four copies exist (base, KL, DPO, DPO through TRL).
+trains its own copy. Models that a stage does not use wait on disk while it runs, so training holds one model
+and its optimizer in memory (plus the reference during the KL update and TRL's DPO).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .data import BUNDLED_PAIRS, load_pairs, split_pairs
 from .evaluation import evaluate_models
-from .models import SMOLLM2, TINY_GPT2, freeze, load_model, trainable_copy
+from .models import SMOLLM2, TINY_GPT2, freeze, load_model, trainable_copy, weights_on_disk
 from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
 from .training import kl_beta_sweep, train_dpo, train_kl
@@ -99,8 +100,9 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
         finish("beta sweep", beta_sweep=plot_beta_sweep(run["beta_sweep"]))
 
     policy_dpo = trainable_copy(ref)
-    run["dpo_history"] = train_dpo(policy_dpo, ref, tokenizer, train, settings.dpo_beta, settings.dpo_lr,
-                                   settings.dpo_epochs, **common)
+    with weights_on_disk(policy_kl):  # not needed until the evaluation
+        run["dpo_history"] = train_dpo(policy_dpo, ref, tokenizer, train, settings.dpo_beta, settings.dpo_lr,
+                                       settings.dpo_epochs, **common)
     save_csv(run["dpo_history"], out / "history_dpo.csv")
     finish("DPO", dpo_history=plot_dpo_history(run["dpo_history"], "DPO (our loop)"))
 
@@ -109,9 +111,10 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
         from .trl_dpo import train_dpo_trl
 
         policy_trl = trainable_copy(ref)
-        run["dpo_trl_history"] = train_dpo_trl(policy_trl, ref, tokenizer, train, settings.dpo_beta,
-                                               settings.dpo_lr, settings.dpo_epochs, settings.batch_size,
-                                               settings.seed, settings.max_length)
+        with weights_on_disk(policy_kl, policy_dpo):
+            run["dpo_trl_history"] = train_dpo_trl(policy_trl, ref, tokenizer, train, settings.dpo_beta,
+                                                   settings.dpo_lr, settings.dpo_epochs, settings.batch_size,
+                                                   settings.seed, settings.max_length)
         save_csv(run["dpo_trl_history"], out / "history_dpo_trl.csv")
         own, trl = run["dpo_history"]["loss"].iloc[0], run["dpo_trl_history"]["loss"].iloc[0]
         run["parity"] = {"first-step loss (ours)": own, "first-step loss (TRL)": trl, "|difference|": abs(own - trl),

@@ -14,9 +14,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .cpu_memory import reuse_freed_memory
 from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
 from .losses import dpo_loss, kl_regularized_loss
-from .models import mixed_precision_dtype
+from .models import mixed_precision_dtype, weights_on_disk
 from .scoring import pair_logprobs, shared_prompt_logprobs
 
 
@@ -79,6 +80,12 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
         scaler.update()
 
 
+def release(optimizer: torch.optim.Optimizer) -> None:
+    """Free the gradients and the optimizer's state (AdamW: two tensors per parameter) once training is over."""
+    optimizer.zero_grad(set_to_none=True)
+    optimizer.state.clear()
+
+
 def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, lr: float = 5e-5,
              steps: int = 30, batch_size: int = 1, seed: int = 0, max_length: int = 256,
              progress: bool = True, loss_fn: Callable = kl_regularized_loss) -> pd.DataFrame:
@@ -96,19 +103,22 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     amp, scaler = autocast(device)
     policy.train()
     rows = []
-    for step, idx in enumerate(tqdm(batches(len(pairs), batch_size, steps, seed), desc=f"KL update (beta={beta})",
-                                    disable=not progress, unit="step"), start=1):
-        batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        with amp():
-            logits = policy(**inputs).logits
-            with torch.no_grad():
-                ref_logits = ref(**inputs).logits
-            loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
-        check_finite(loss, "KL update", step, [pairs[i] for i in idx])
-        optimizer_step(loss, optimizer, scaler)
-        rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
-    optimizer.zero_grad(set_to_none=True)  # the last step's gradients would hold a model's worth of memory
+    steps_bar = tqdm(batches(len(pairs), batch_size, steps, seed), desc=f"KL update (beta={beta})",
+                     disable=not progress, unit="step")
+    with reuse_freed_memory():
+        for step, idx in enumerate(steps_bar, start=1):
+            batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            with amp():
+                logits = policy(**inputs).logits
+                with torch.no_grad():
+                    ref_logits = ref(**inputs).logits
+                loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
+            check_finite(loss, "KL update", step, [pairs[i] for i in idx])
+            optimizer_step(loss, optimizer, scaler)
+            rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
+        release(optimizer)
     return history_frame(rows)
 
 
@@ -118,7 +128,7 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     """DPO on ``pairs`` with our own loop; the same loss as TRL's ``DPOTrainer`` (summed log-probs).
 
     The reference log-probs are computed once, before training, in large batches: ``ref`` is not needed during
-    the updates. Each step runs prompt, chosen and rejected through the policy as one sequence (the prompt once;
+    the updates, so its weights wait on disk meanwhile (unless ``ref`` is ``policy`` itself). Each step runs prompt, chosen and rejected through the policy as one sequence (the prompt once;
     see ``encode_pairs_shared_prompt``) and applies the LM head to response positions only.
 
     Returns a DataFrame with ``loss`` and the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
@@ -131,23 +141,25 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     policy.train()
     n_steps = epochs * math.ceil(len(pairs) / batch_size)
     rows = []
-    for step, idx in enumerate(tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO",
-                                    disable=not progress, unit="step"), start=1):
-        chunk = [pairs[i] for i in idx]
-        batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
-        with amp():
-            chosen_logps, rejected_logps, _, _ = shared_prompt_logprobs(policy, batch)
-        losses, chosen_rewards, rejected_rewards = dpo_loss(
-            chosen_logps, rejected_logps, ref_scores["chosen"][idx].to(device), ref_scores["rejected"][idx].to(device),
-            beta=beta, loss_type=loss_type)
-        loss = losses.mean()
-        check_finite(loss, "DPO", step, chunk)
-        optimizer_step(loss, optimizer, scaler)
-        rows.append({"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
-                     "rewards/rejected": rejected_rewards.mean().item(),
-                     "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                     "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()})
-    optimizer.zero_grad(set_to_none=True)
+    steps_bar = tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO", disable=not progress, unit="step")
+    shared = {p.data_ptr() for p in policy.parameters()} & {p.data_ptr() for p in ref.parameters()}
+    with weights_on_disk(*([] if shared else [ref])), reuse_freed_memory():
+        for step, idx in enumerate(steps_bar, start=1):
+            chunk = [pairs[i] for i in idx]
+            batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
+            with amp():
+                chosen_logps, rejected_logps, _, _ = shared_prompt_logprobs(policy, batch)
+            ref_chosen, ref_rejected = ref_scores["chosen"][idx].to(device), ref_scores["rejected"][idx].to(device)
+            losses, chosen_rewards, rejected_rewards = dpo_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected,
+                                                                beta=beta, loss_type=loss_type)
+            loss = losses.mean()
+            check_finite(loss, "DPO", step, chunk)
+            optimizer_step(loss, optimizer, scaler)
+            rows.append({"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
+                         "rewards/rejected": rejected_rewards.mean().item(),
+                         "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+                         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()})
+        release(optimizer)
     return history_frame(rows)
 
 

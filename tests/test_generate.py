@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from lab7_helpers import format_prompt, generate
+from lab7_helpers.generation import _has_onednn_linear, prepacked_weights
 
 PROMPTS = ["Say hello.", "What is the capital of France? Answer in one word, please.", "Why?"]
 
@@ -30,3 +32,21 @@ def test_restores_padding_side_and_training_mode(tiny, tokenizer, policy):
     generate(policy, tokenizer, PROMPTS[:1], max_new_tokens=2)
     assert tokenizer.padding_side == "right" and policy.training
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.skipif(not _has_onednn_linear(), reason="this torch has no oneDNN linear")
+def test_prepacked_weights_give_the_plain_logits_and_leave_no_patch(tiny, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+    ids = tokenizer(PROMPTS, return_tensors="pt", padding=True, return_token_type_ids=False)
+    for model in (tiny[0], llama):  # GPT-2's Conv1D layers and Llama's Linear layers
+        with torch.inference_mode():
+            plain = model(**ids).logits
+            with prepacked_weights(model, rows=len(PROMPTS)):
+                assert any("forward" in m.__dict__ for m in model.modules())
+                packed = model(**ids).logits
+        assert torch.allclose(packed, plain, rtol=1e-4, atol=1e-5)
+        assert not any("forward" in m.__dict__ for m in model.modules())

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lab7_helpers import OFFLINE_MODELS, freeze, load_model, trainable_copy
-from lab7_helpers.models import cache_dir, tiny_gpt2
+from lab7_helpers.models import cache_dir, tiny_gpt2, weights_on_disk
 
 
 def test_tiny_gpt2_is_seeded_and_leaves_the_global_rng_alone():
@@ -49,3 +49,14 @@ def test_cached_smollm2_writes_english():
     assert type(model).__name__ == "LlamaForCausalLM"
     text = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=12, temperature=0)[0]
     assert "Paris" in text
+
+
+def test_weights_on_disk_frees_the_weights_and_brings_them_back_exactly(tiny, tokenizer):
+    model = trainable_copy(tiny[0])
+    ids = tokenizer(["Say hello."], return_tensors="pt")
+    before = model(**ids).logits
+    with weights_on_disk(model):
+        assert sum(p.numel() for p in model.parameters()) == 0
+    assert torch.equal(model(**ids).logits, before)
+    assert model.lm_head.weight is model.transformer.wte.weight  # still tied
+    assert all(p.requires_grad for p in model.parameters())

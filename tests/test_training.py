@@ -1,4 +1,7 @@
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -72,3 +75,40 @@ def test_nan_loss_stops_training_with_a_clear_message(tiny, tokenizer, pairs):
         policy.lm_head.weight[0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match=r"KL update: the loss became nan at step 1 .*prompt"):
         train_kl(policy, tiny[0], tokenizer, pairs, steps=2, progress=False)
+
+
+ALLOCATOR_CHECK = """
+import psutil, torch
+from lab7_helpers.cpu_memory import reuse_freed_memory
+MB, process = 2**20, psutil.Process()
+
+def rss_after_a_freed_64mb_block():
+    block = torch.ones(16 * MB)  # 64 MB, above glibc's largest automatic mmap threshold (32 MB)
+    del block
+    return process.memory_info().rss
+
+before = process.memory_info().rss
+assert rss_after_a_freed_64mb_block() - before < 16 * MB, "by default a freed block goes straight back"
+with reuse_freed_memory():
+    with reuse_freed_memory():
+        assert rss_after_a_freed_64mb_block() - before > 48 * MB, "kept for the next step to reuse"
+    assert process.memory_info().rss - before > 48 * MB, "an inner block does not trim"
+assert process.memory_info().rss - before < 16 * MB, "handed back on the way out"
+assert rss_after_a_freed_64mb_block() - before < 16 * MB, "glibc's defaults are back"
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting only exists on glibc")
+def test_reuse_freed_memory_keeps_freed_blocks_then_returns_them():
+    # A fresh interpreter: in this one, earlier tests leave free heap space that blurs what RSS shows.
+    result = subprocess.run([sys.executable, "-c", ALLOCATOR_CHECK], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_train_dpo_accepts_the_policy_as_its_own_reference(tiny, tokenizer, pairs):
+    # The reference log-probs are taken before the first update, so the policy may serve as reference.
+    policy = trainable_copy(tiny[0])
+    history = train_dpo(policy, policy, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3, progress=False)
+    assert history["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert history["loss"].iloc[1] < history["loss"].iloc[0]
+    assert all(p.numel() > 0 for p in policy.parameters())

@@ -1,0 +1,54 @@
+"""Keep freed memory inside the process while a CPU loop runs, then hand it back to the system.
+
+By default glibc returns every large freed block (a 113 MB gradient, a layer's activations) to the kernel at
+once, so the next step asks for it again and pays a page fault per 4 KB page: on CPU that costs a training step
+of SmolLM2-135M about 15% of its time (about 80,000 page faults a step). Inside ``reuse_freed_memory`` freed
+blocks stay in the process and are reused; on the way out, ``malloc_trim`` returns what is no longer used, so
+the process does not keep its peak. Elsewhere (macOS, Windows, musl) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+from contextlib import contextmanager
+from functools import cache
+from typing import Iterator
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt parameters, from glibc's malloc.h
+KEEP_FREED_BYTES = 1 << 30  # free memory the process may hold before glibc returns some of it
+GLIBC_MMAP_MAX, GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024  # glibc's own defaults, restored on exit
+_depth = 0
+
+
+@cache
+def _glibc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+@contextmanager
+def reuse_freed_memory() -> Iterator[None]:
+    """Within the block, large freed blocks are reused instead of returned to the kernel (glibc only).
+
+    Nested blocks are fine: only the outermost one restores glibc's defaults and trims.
+    """
+    global _depth
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    if _depth == 0:
+        libc.mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, which keeps freed space ...
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)  # ... up to this much
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+            libc.malloc_trim(0)
