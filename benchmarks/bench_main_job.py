@@ -1,6 +1,7 @@
 """The whole main job (`lab7 run`) vs a faithful re-creation of the original notebook's approach
 (original_approach.py), on the same model, data and settings. Each runs in its own child process, one after
-the other, from this one script; wall time and peak RSS of each child are measured here.
+the other, from this one script; wall time and peak RSS of each child are measured here (the peak as the kernel
+records it, like /usr/bin/time: polling would take CPU from the job on a 2-core machine).
 
     python benchmarks/bench_main_job.py                   # smollm2-135m, the first 48 bundled pairs
     python benchmarks/bench_main_job.py --smoke           # tiny-gpt2, 12 pairs
@@ -9,6 +10,7 @@ the other, from this one script; wall time and peak RSS of each child are measur
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -16,20 +18,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakRSS, print_table, save_result  # noqa: E402
+from common import print_table, save_result  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
 def timed(command: list[str]) -> dict:
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with PeakRSS(process.pid) as memory:
+    with tempfile.TemporaryFile() as log:
         start = time.perf_counter()
-        output, _ = process.communicate()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own resource usage, peak RSS included
         seconds = time.perf_counter() - start
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{output[-3000:]}")
-    return {"seconds": seconds, "peak_rss_gb": memory.peak / 2**30}
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{log.read().decode()[-3000:]}")
+    return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux
 
 
 def main() -> int:

@@ -1,54 +1,16 @@
-"""Shared pieces of the benchmarks: peak-memory sampling, the machine's matmul rate, tables and result files."""
+"""Shared pieces of the benchmarks: the machine's matmul rate, tables and result files."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-class PeakRSS:
-    """Peak resident memory (bytes) of a process tree while the ``with`` block runs, sampled every 5 ms."""
-
-    def __init__(self, pid: int | None = None):
-        self.process = psutil.Process(pid or os.getpid())
-        self.peak = 0
-        self._stop = threading.Event()
-
-    def _rss(self) -> int:
-        total = self.process.memory_info().rss
-        for child in self.process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self._rss())
-            except psutil.Error:
-                return
-            time.sleep(0.005)
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = self._rss()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def matmul_gflops(seconds: float = 2.0, n: int = 1024) -> float:

@@ -65,14 +65,18 @@ def pair_logprobs(model, tokenizer, pairs: Sequence[dict], batch_size: int = 8, 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    # Batch pairs of similar length together (less padding to compute), then put the results back in order.
+    order = sorted(range(len(pairs)), key=lambda i: sum(len(pairs[i][k]) for k in ("prompt", "chosen", "rejected")))
     parts: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "chosen_tokens": [], "rejected_tokens": []}
     try:
         for start in tqdm(range(0, len(pairs), batch_size), desc="scoring pairs", disable=not progress,
                           unit="batch"):
-            chunk = pairs[start:start + batch_size]
+            chunk = [pairs[i] for i in order[start:start + batch_size]]
             batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
             for key, value in zip(parts, shared_prompt_logprobs(model, batch)):
                 parts[key].append(value.cpu())
     finally:
         model.train(was_training)
-    return {k: torch.cat(v) for k, v in parts.items()}
+    in_order = torch.empty(len(pairs), dtype=torch.long)
+    in_order[torch.tensor(order, dtype=torch.long)] = torch.arange(len(pairs))
+    return {k: torch.cat(v)[in_order] for k, v in parts.items()}

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import random
+import tempfile
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -15,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cpu_memory import reuse_freed_memory
-from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
+from .data import IGNORE_INDEX, encode_pair, encode_pairs_shared_prompt, pad_batch
 from .losses import dpo_loss, kl_regularized_loss
 from .models import mixed_precision_dtype, weights_on_disk
 from .scoring import pair_logprobs, shared_prompt_logprobs
@@ -92,34 +94,78 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     """KL-regularized supervised update on the **chosen** responses: ``loss = NLL + beta * KL(pi || ref)``.
 
     NLL and KL are means over the response tokens of each batch (``kl_regularized_loss``); the KL is exact over
-    the vocabulary and carries gradient. ``ref`` is only run under ``no_grad``. ``loss_fn`` lets the notebook
-    train with the student's own version of ``kl_regularized_loss`` (same arguments and return value).
+    the vocabulary and carries gradient. ``loss_fn`` lets the notebook train with the student's own version of
+    ``kl_regularized_loss`` (same arguments and return value).
+
+    The reference's logits are computed first, for every batch the steps will see, and kept on disk
+    (``reference_logits_on_disk``); while the policy trains, the reference's weights wait on disk too. So
+    ``loss_fn`` receives the reference's exact logits at the response positions, and zeros at the others, which
+    the labels mask out of every loss.
 
     Returns a DataFrame with columns ``loss``, ``nll``, ``kl`` (one row per step).
     """
     device = next(policy.parameters()).device
     encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
+    schedule = batches(len(pairs), batch_size, steps, seed)
+
+    def padded(idx: Sequence[int]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
+        return {k: v.to(device) for k, v in batch.items()}
+
     optimizer = make_optimizer(policy, lr)
     amp, scaler = autocast(device)
-    policy.train()
     rows = []
-    steps_bar = tqdm(batches(len(pairs), batch_size, steps, seed), desc=f"KL update (beta={beta})",
-                     disable=not progress, unit="step")
-    with reuse_freed_memory():
-        for step, idx in enumerate(steps_bar, start=1):
-            batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-            with amp():
-                logits = policy(**inputs).logits
-                with torch.no_grad():
-                    ref_logits = ref(**inputs).logits
-                loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
-            check_finite(loss, "KL update", step, [pairs[i] for i in idx])
-            optimizer_step(loss, optimizer, scaler)
-            rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
-        release(optimizer)
+    with tempfile.TemporaryDirectory(prefix="lab7_reference_") as folder:
+        ref_files = reference_logits_on_disk(ref, schedule, padded, Path(folder), amp, progress)
+        policy.train()
+        steps_bar = tqdm(schedule, desc=f"KL update (beta={beta})", disable=not progress, unit="step")
+        with reference_on_disk(policy, ref), reuse_freed_memory():
+            for step, idx in enumerate(steps_bar, start=1):
+                batch = padded(idx)
+                ref_logits = reference_logits(ref_files[tuple(idx)], batch["labels"])
+                with amp():
+                    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
+                check_finite(loss, "KL update", step, [pairs[i] for i in idx])
+                optimizer_step(loss, optimizer, scaler)
+                rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
+            release(optimizer)
     return history_frame(rows)
+
+
+@torch.inference_mode()
+def reference_logits_on_disk(ref, schedule: list[list[int]], padded: Callable, folder: Path, amp,
+                             progress: bool = True) -> dict[tuple[int, ...], Path]:
+    """Run ``ref`` once on each distinct batch of ``schedule`` and save its logits at the response positions.
+
+    ``padded(idx)`` gives the batch exactly as training will see it, so the logits are the ones an on-the-fly
+    reference would give. Only response positions are kept (``[N, V]`` per batch, N response tokens): the
+    only ones the KL uses. Returns one file per distinct batch, keyed by its indices.
+    """
+    files: dict[tuple[int, ...], Path] = {}
+    distinct = list(dict.fromkeys(tuple(idx) for idx in schedule))
+    for idx in tqdm(distinct, desc="reference logits", disable=not progress, unit="batch"):
+        batch = padded(idx)
+        with amp():
+            logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        files[idx] = folder / f"{len(files)}.pt"
+        torch.save(logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX].clone(), files[idx])
+    return files
+
+
+def reference_logits(path: Path, labels: torch.Tensor) -> torch.Tensor:
+    """``[B, T, V]`` logits from a ``reference_logits_on_disk`` file: the saved rows at the response positions
+    of ``labels`` (``[B, T]``), zeros elsewhere."""
+    rows = torch.load(path, map_location=labels.device, weights_only=True)  # [N, V]
+    logits = torch.zeros(*labels.shape, rows.shape[-1], dtype=rows.dtype, device=labels.device)
+    logits[:, :-1][labels[:, 1:] != IGNORE_INDEX] = rows
+    return logits
+
+
+def reference_on_disk(policy, ref):
+    """``weights_on_disk(ref)``, unless ``ref`` shares weights with ``policy`` (the same model passed twice)."""
+    shared = {p.data_ptr() for p in policy.parameters()} & {p.data_ptr() for p in ref.parameters()}
+    return nullcontext() if shared else weights_on_disk(ref)
 
 
 def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
@@ -128,8 +174,9 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     """DPO on ``pairs`` with our own loop; the same loss as TRL's ``DPOTrainer`` (summed log-probs).
 
     The reference log-probs are computed once, before training, in large batches: ``ref`` is not needed during
-    the updates, so its weights wait on disk meanwhile (unless ``ref`` is ``policy`` itself). Each step runs prompt, chosen and rejected through the policy as one sequence (the prompt once;
-    see ``encode_pairs_shared_prompt``) and applies the LM head to response positions only.
+    the updates, so its weights wait on disk meanwhile (unless ``ref`` is ``policy`` itself). Each step runs
+    prompt, chosen and rejected through the policy as one sequence (the prompt once; see
+    ``encode_pairs_shared_prompt``) and applies the LM head to response positions only.
 
     Returns a DataFrame with ``loss`` and the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
     ``rewards/accuracies`` that TRL logs (batch means, before the step's update).
@@ -142,8 +189,7 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     n_steps = epochs * math.ceil(len(pairs) / batch_size)
     rows = []
     steps_bar = tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO", disable=not progress, unit="step")
-    shared = {p.data_ptr() for p in policy.parameters()} & {p.data_ptr() for p in ref.parameters()}
-    with weights_on_disk(*([] if shared else [ref])), reuse_freed_memory():
+    with reference_on_disk(policy, ref), reuse_freed_memory():
         for step, idx in enumerate(steps_bar, start=1):
             chunk = [pairs[i] for i in idx]
             batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}

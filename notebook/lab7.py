@@ -184,7 +184,8 @@ lab.check_kl_loss(my_kl_regularized_loss)
 # *Your answer:*
 
 # %% [markdown]
-# Now train a copy of the base model with **your** loss function. The reference runs without gradients; the
+# Now train a copy of the base model with **your** loss function. The reference never changes, so its logits
+# are computed once, up front, without gradients (and its weights wait on disk meanwhile, to save memory); the
 # copy is updated `KL_STEPS` times, one pair per step.
 
 # %%

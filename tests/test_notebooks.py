@@ -4,8 +4,6 @@ first TODO, on tiny-gpt2 in fast mode. Colab-only cells are skipped by their tag
 import importlib.util
 from pathlib import Path
 
-import nbformat
-import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -112,3 +112,13 @@ def test_train_dpo_accepts_the_policy_as_its_own_reference(tiny, tokenizer, pair
     assert history["loss"].iloc[0] == pytest.approx(math.log(2), abs=1e-6)
     assert history["loss"].iloc[1] < history["loss"].iloc[0]
     assert all(p.numel() > 0 for p in policy.parameters())
+
+
+def test_train_kl_restores_the_reference_and_accepts_the_policy_as_reference(tiny, tokenizer, pairs):
+    ref = tiny[0]
+    before = [p.clone() for p in ref.parameters()]
+    train_kl(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, steps=2, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, ref.parameters()))  # back from disk, unchanged
+    policy = trainable_copy(ref)  # its reference logits are taken before the first update
+    history = train_kl(policy, policy, tokenizer, pairs, beta=1.0, lr=1e-3, steps=3, batch_size=3, progress=False)
+    assert history["kl"].iloc[0] == 0.0 and history["kl"].iloc[-1] > 0
