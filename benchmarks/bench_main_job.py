@@ -29,8 +29,7 @@ def timed(command: list[str]) -> dict:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own resource usage, peak RSS included
         seconds = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
+        if os.waitstatus_to_exitcode(status) != 0:
             log.seek(0)
             raise SystemExit(f"{' '.join(command)} failed:\n{log.read().decode()[-3000:]}")
     return {"seconds": seconds, "peak_rss_gb": usage.ru_maxrss / 2**20}  # ru_maxrss is in KiB on Linux

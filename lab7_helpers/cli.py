@@ -20,7 +20,8 @@ def _number(kind, minimum: float, inclusive: bool, what: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            expected = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"{what}, got {text}")
         return value

@@ -2,7 +2,7 @@
 
 One frozen base model is the reference of both updates and the "base" row of the evaluation; each update
 trains its own copy. Models that a stage does not use wait on disk while it runs, so training holds one model
-and its optimizer in memory (plus the reference during the KL update and TRL's DPO).
+and its optimizer in memory (plus the reference during TRL's DPO, which runs it at every step).
 """
 
 from __future__ import annotations
