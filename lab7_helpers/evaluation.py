@@ -8,12 +8,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import encode_pair, pad_batch
+from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
 from .generation import generate
-from .losses import kl_regularized_loss
+from .losses import token_kl
 from .metrics import (DEFAULT_REFUSAL_PHRASES, distinct_n, implicit_reward_margins, refusal_flag,
                       repetition_score)
-from .scoring import pair_logprobs
+from .scoring import (in_original_order, length_sorted_batches, picked_logprobs, response_logits,
+                      shared_prompt_logits, sum_by_side)
 
 METRIC_DESCRIPTIONS = {
     "len_words": "mean length of a generated response, in words",
@@ -41,18 +42,59 @@ def response_nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], batch_size
                         max_length: int = 256) -> tuple[float, float]:
     """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``.
 
-    Small batches: the exact KL needs both models' full-vocabulary logits, a few hundred MB per 16 sequences."""
+    Small batches: the exact KL needs both models' full-vocabulary logits, about 200 KB per response token."""
     device = next(model.parameters()).device
     total_nll = total_kl = total_tokens = 0.0
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in chunk]
         batch = {k: v.to(device) for k, v in pad_batch(encoded, tokenizer.pad_token_id).items()}
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        _, nll, kl = kl_regularized_loss(model(**inputs).logits, ref(**inputs).logits, batch["labels"], 0.0)
-        n = (batch["labels"][:, 1:] != -100).sum().item()
-        total_nll, total_kl, total_tokens = total_nll + nll.item() * n, total_kl + kl.item() * n, total_tokens + n
+        logits, mask = response_logits(model, **batch)  # [N, V]
+        ref_logits, _ = response_logits(ref, **batch)
+        total_nll -= picked_logprobs(logits, batch["labels"][:, 1:][mask]).sum().item()
+        total_kl += token_kl(logits, ref_logits).sum().item()
+        total_tokens += mask.sum().item()
     return total_nll / total_tokens, total_kl / total_tokens
+
+
+@torch.inference_mode()
+def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_size: int = 4,
+                    max_length: int = 256, progress: bool = False) -> tuple[dict[str, dict], dict]:
+    """Everything the metrics need from scoring ``pairs``: ``(scores per model name, the reference's scores)``.
+
+    Scores are dicts of ``[N]`` tensors: those of ``pair_logprobs`` (``chosen``, ``rejected``, ``chosen_tokens``,
+    ``rejected_tokens``) and ``kl``, the exact KL(model || ref) summed over each pair's chosen tokens. One forward
+    pass per model and batch gives both: the reference's logits at the chosen positions serve every model's KL.
+    """
+    device = next(ref.parameters()).device
+    everyone = {"": ref, **{name: model for name, model in models.items() if model is not ref}}
+    was_training = {name: model.training for name, model in everyone.items()}
+    for model in everyone.values():
+        model.eval()
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in everyone}
+    batches = length_sorted_batches(pairs, batch_size)
+    try:
+        for idx in tqdm(batches, desc="scoring held-out pairs", disable=not progress, unit="batch"):
+            chunk = [pairs[i] for i in idx]
+            batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
+            side, targets = batch["side"][batch["side"] >= 0], batch["target"][batch["side"] >= 0]  # [N] each
+            chosen_rows = side == 0
+            ref_logits = shared_prompt_logits(ref, batch)
+            for name, model in everyone.items():
+                logits = ref_logits if model is ref else shared_prompt_logits(model, batch)
+                kl = torch.zeros_like(side, dtype=logits.dtype)
+                kl[chosen_rows] = token_kl(logits[chosen_rows], ref_logits[chosen_rows])
+                chosen, rejected, n_chosen, n_rejected = sum_by_side(picked_logprobs(logits, targets), batch["side"])
+                scores = {"chosen": chosen, "rejected": rejected, "chosen_tokens": n_chosen,
+                          "rejected_tokens": n_rejected, "kl": sum_by_side(kl, batch["side"])[0]}
+                for key, value in scores.items():
+                    parts[name].setdefault(key, []).append(value.cpu())
+    finally:
+        for name, model in everyone.items():
+            model.train(was_training[name])
+    in_order = {name: {key: in_original_order(torch.cat(values), batches) for key, values in by_key.items()}
+                for name, by_key in parts.items()}
+    return {name: in_order["" if model is ref else name] for name, model in models.items()}, in_order[""]
 
 
 def _mean_where(values: torch.Tensor, where: torch.Tensor) -> float:
@@ -100,15 +142,15 @@ def evaluate_models(models: dict, ref, tokenizer, pairs: Sequence[dict], beta: f
         ``METRIC_DESCRIPTIONS``; ``generations`` has a row per prompt and a column per model.
     """
     prompts = [p["prompt"] for p in pairs]
-    ref_scores = pair_logprobs(ref, tokenizer, pairs, max_length=max_length)
+    scores, ref_scores = held_out_scores(models, ref, tokenizer, pairs, max_length=max_length, progress=progress)
     chosen_longer = torch.tensor([len(p["chosen"].split()) > len(p["rejected"].split()) for p in pairs])
     rows, generations = {}, {"prompt": prompts}
-    for name, model in tqdm(models.items(), desc="evaluating", disable=not progress, unit="model"):
+    for name, model in tqdm(models.items(), desc="generating", disable=not progress, unit="model"):
         texts = generate(model, tokenizer, prompts, max_new_tokens, temperature, top_p, seed)
-        scores = ref_scores if model is ref else pair_logprobs(model, tokenizer, pairs, max_length=max_length)
-        kl = 0.0 if model is ref else response_nll_and_kl(model, ref, tokenizer, pairs, max_length=max_length)[1]
-        rows[name] = {**text_metrics(texts, refusal_phrases), **preference_metrics(scores, ref_scores, chosen_longer,
-                                                                                    beta), "kl_to_ref": kl}
+        kl_to_ref = (scores[name]["kl"].sum() / scores[name]["chosen_tokens"].sum()).item()
+        rows[name] = {**text_metrics(texts, refusal_phrases),
+                      **preference_metrics(scores[name], ref_scores, chosen_longer, beta),
+                      "kl_to_ref": kl_to_ref}
         generations[name] = texts
     metrics = pd.DataFrame.from_dict(rows, orient="index")[list(METRIC_DESCRIPTIONS)]
     metrics.index.name = "model"

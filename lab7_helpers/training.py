@@ -8,19 +8,19 @@ from __future__ import annotations
 import math
 import random
 import tempfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .cpu_memory import reuse_freed_memory
-from .data import IGNORE_INDEX, encode_pair, encode_pairs_shared_prompt, pad_batch
+from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
 from .losses import dpo_loss, kl_regularized_loss
 from .models import mixed_precision_dtype, weights_on_disk
-from .scoring import pair_logprobs, shared_prompt_logprobs
+from .scoring import logits_at_responses, pair_logprobs, response_logits, shared_prompt_logprobs
 
 
 MAX_GRAD_NORM = 1.0  # gradient clipping, as in TRL / the Hugging Face Trainer
@@ -67,8 +67,9 @@ def check_finite(value: torch.Tensor, stage: str, step: int, pairs: Sequence[dic
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
-    """Backward, clip the gradient norm to ``MAX_GRAD_NORM``, step (through the fp16 scaler when there is one)."""
-    optimizer.zero_grad(set_to_none=True)
+    """Backward, clip the gradient norm to ``MAX_GRAD_NORM``, step (through the fp16 scaler when there is one),
+    then free the gradients: otherwise the next forward pass runs with this step's gradients (one more copy of
+    the model) still in memory."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is None:
         loss.backward()
@@ -80,6 +81,29 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         scaler.step(optimizer)
         scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@contextmanager
+def sparse_embedding_gradient(model: torch.nn.Module) -> Iterator[None]:
+    """While the block runs, the input embedding of a model with tied input and output embeddings (GPT-2,
+    SmolLM2) gets a sparse gradient: only the rows of the tokens in the batch.
+
+    By default PyTorch builds the embedding's gradient as a dense ``[V, H]`` matrix (113 MB for a 49k x 576
+    vocabulary), almost all zeros, and then adds it to the output layer's gradient of the same weight. A sparse
+    one is added straight into that dense gradient. Untied models keep the default: their embedding would end
+    up with a sparse gradient, which AdamW does not take.
+    """
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = isinstance(embedding, torch.nn.Embedding) and output is not None and output.weight is embedding.weight
+    if not tied:
+        yield
+        return
+    embedding.sparse = True
+    try:
+        yield
+    finally:
+        embedding.sparse = False
 
 
 def release(optimizer: torch.optim.Optimizer) -> None:
@@ -97,10 +121,10 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     the vocabulary and carries gradient. ``loss_fn`` lets the notebook train with the student's own version of
     ``kl_regularized_loss`` (same arguments and return value).
 
-    The reference's logits are computed first, for every batch the steps will see, and kept on disk
-    (``reference_logits_on_disk``); while the policy trains, the reference's weights wait on disk too. So
-    ``loss_fn`` receives the reference's exact logits at the response positions, and zeros at the others, which
-    the labels mask out of every loss.
+    Both models' logits are computed at the response positions only (``response_logits``): ``loss_fn``
+    receives ``[B, T, V]`` logits with zeros at prompt and padding positions, which the labels mask out of every
+    loss. The reference's logits are computed first, for every batch the steps will see, and kept on disk
+    (``reference_logits_on_disk``); while the policy trains, the reference's weights wait on disk too.
 
     Returns a DataFrame with columns ``loss``, ``nll``, ``kl`` (one row per step).
     """
@@ -119,13 +143,14 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
         ref_files = reference_logits_on_disk(ref, schedule, padded, Path(folder), amp, progress)
         policy.train()
         steps_bar = tqdm(schedule, desc=f"KL update (beta={beta})", disable=not progress, unit="step")
-        with reference_on_disk(policy, ref), reuse_freed_memory():
+        with reference_on_disk(policy, ref), reuse_freed_memory(), sparse_embedding_gradient(policy):
             for step, idx in enumerate(steps_bar, start=1):
                 batch = padded(idx)
-                ref_logits = reference_logits(ref_files[tuple(idx)], batch["labels"])
                 with amp():
-                    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
+                    logits, mask = response_logits(policy, **batch)  # [N, V], N response tokens
+                    ref_logits = torch.load(ref_files[tuple(idx)], map_location=device, weights_only=True)
+                    loss, nll, kl = loss_fn(logits_at_responses(logits, mask), logits_at_responses(ref_logits, mask),
+                                            batch["labels"], beta)
                 check_finite(loss, "KL update", step, [pairs[i] for i in idx])
                 optimizer_step(loss, optimizer, scaler)
                 rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
@@ -138,28 +163,19 @@ def reference_logits_on_disk(ref, schedule: list[list[int]], padded: Callable, f
                              progress: bool = True) -> dict[tuple[int, ...], Path]:
     """Run ``ref`` once on each distinct batch of ``schedule`` and save its logits at the response positions.
 
-    ``padded(idx)`` gives the batch exactly as training will see it, so the logits are the ones an on-the-fly
-    reference would give. Only response positions are kept (``[N, V]`` per batch, N response tokens): the
-    only ones the KL uses. Returns one file per distinct batch, keyed by its indices.
+    ``padded(idx)`` gives the batch exactly as training will see it, and ``response_logits`` computes them as
+    training does, so they are the logits an on-the-fly reference would give: the KL at step 1 (policy ==
+    reference) is exactly 0. One ``[N, V]`` file per distinct batch (N response tokens), keyed by its indices.
     """
     files: dict[tuple[int, ...], Path] = {}
     distinct = list(dict.fromkeys(tuple(idx) for idx in schedule))
     for idx in tqdm(distinct, desc="reference logits", disable=not progress, unit="batch"):
         batch = padded(idx)
         with amp():
-            logits = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, _ = response_logits(ref, **batch)
         files[idx] = folder / f"{len(files)}.pt"
-        torch.save(logits[:, :-1][batch["labels"][:, 1:] != IGNORE_INDEX].clone(), files[idx])
+        torch.save(logits, files[idx])
     return files
-
-
-def reference_logits(path: Path, labels: torch.Tensor) -> torch.Tensor:
-    """``[B, T, V]`` logits from a ``reference_logits_on_disk`` file: the saved rows at the response positions
-    of ``labels`` (``[B, T]``), zeros elsewhere."""
-    rows = torch.load(path, map_location=labels.device, weights_only=True)  # [N, V]
-    logits = torch.zeros(*labels.shape, rows.shape[-1], dtype=rows.dtype, device=labels.device)
-    logits[:, :-1][labels[:, 1:] != IGNORE_INDEX] = rows
-    return logits
 
 
 def reference_on_disk(policy, ref):
@@ -189,7 +205,7 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     n_steps = epochs * math.ceil(len(pairs) / batch_size)
     rows = []
     steps_bar = tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO", disable=not progress, unit="step")
-    with reference_on_disk(policy, ref), reuse_freed_memory():
+    with reference_on_disk(policy, ref), reuse_freed_memory(), sparse_embedding_gradient(policy):
         for step, idx in enumerate(steps_bar, start=1):
             chunk = [pairs[i] for i in idx]
             batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}

@@ -186,7 +186,8 @@ lab.check_kl_loss(my_kl_regularized_loss)
 # %% [markdown]
 # Now train a copy of the base model with **your** loss function. The reference never changes, so its logits
 # are computed once, up front, without gradients (and its weights wait on disk meanwhile, to save memory); the
-# copy is updated `KL_STEPS` times, one pair per step.
+# copy is updated `KL_STEPS` times, one pair per step. To save time, both models' logits are computed only where
+# a response token is predicted: your loss gets zeros at prompt and padding positions, which its mask skips.
 
 # %%
 policy_kl = lab.trainable_copy(ref_model)

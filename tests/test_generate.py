@@ -50,3 +50,28 @@ def test_prepacked_weights_give_the_plain_logits_and_leave_no_patch(tiny, tokeni
                 packed = model(**ids).logits
         assert torch.allclose(packed, plain, rtol=1e-4, atol=1e-5)
         assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_nucleus_sampler_draws_from_hugging_faces_top_p_distribution():
+    """Same support and probabilities as transformers' temperature + top-p warpers, one draw per row."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from lab7_helpers.generation import NucleusSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0] + [-20.0] * 300,
+                           torch.linspace(0.5, 0.0, 306).tolist()])  # peaked; nearly flat (nucleus > 256 tokens)
+    warped = TopPLogitsWarper(0.9)(None, TemperatureLogitsWarper(0.8)(None, logits.clone()))
+    expected = torch.softmax(warped, dim=-1)
+    sampler = NucleusSampler(temperature=0.8, top_p=0.9, seed=0, device="cpu")
+    counts = torch.zeros_like(logits)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    for _ in range(4000):
+        scores = sampler(None, logits)
+        assert torch.isfinite(scores).sum(-1).tolist() == [1, 1]  # exactly one token left per row
+        counts += torch.isfinite(scores).float()
+    assert torch.rand(1) == before  # the global random state is untouched
+    assert torch.equal(counts > 0, expected > 0)  # never a token outside the nucleus
+    assert torch.allclose(counts[0] / 4000, expected[0], atol=0.03)
+    assert (counts[1][expected[1] > 0] > 0).float().mean() > 0.99  # the flat row's nucleus is used throughout

@@ -69,3 +69,28 @@ def test_reward_accuracy(tiny, policy, tokenizer, pairs):
                                       0.1)
     assert margins.abs().min() > 0
     assert reward_accuracy(policy, ref, tokenizer, pairs, 0.1) == pytest.approx((margins > 0).float().mean().item())
+
+
+def test_held_out_scores_match_pair_logprobs_and_response_kl(tiny, tokenizer, pairs, policy):
+    from lab7_helpers import response_nll_and_kl
+    from lab7_helpers.evaluation import held_out_scores
+    from lab7_helpers.losses import kl_regularized_loss
+
+    ref = tiny[0]
+    scores, ref_scores = held_out_scores({"base": ref, "policy": policy}, ref, tokenizer, pairs, batch_size=2)
+    for name, model in (("base", ref), ("policy", policy)):
+        expected = pair_logprobs(model, tokenizer, pairs)
+        for key, value in expected.items():
+            assert torch.allclose(scores[name][key].to(value.dtype), value, atol=1e-4), (name, key)
+    assert ref_scores["chosen"].tolist() == scores["base"]["chosen"].tolist() and scores["base"]["kl"].eq(0).all()
+    kl_per_token = (scores["policy"]["kl"].sum() / scores["policy"]["chosen_tokens"].sum()).item()
+    nll, kl = response_nll_and_kl(policy, ref, tokenizer, pairs)
+    assert kl_per_token == pytest.approx(kl, rel=1e-4) and kl > 0
+    # response_nll_and_kl (LM head on response positions only) against full-vocabulary logits everywhere
+    encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"]) for p in pairs]
+    from lab7_helpers import pad_batch
+    batch = pad_batch(encoded, tokenizer.pad_token_id)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        _, full_nll, full_kl = kl_regularized_loss(policy(**inputs).logits, ref(**inputs).logits, batch["labels"], 0.0)
+    assert nll == pytest.approx(full_nll.item(), rel=1e-5) and kl == pytest.approx(full_kl.item(), rel=1e-4)

@@ -1,3 +1,4 @@
+import contextlib
 import math
 import platform
 import subprocess
@@ -122,3 +123,38 @@ def test_train_kl_restores_the_reference_and_accepts_the_policy_as_reference(tin
     policy = trainable_copy(ref)  # its reference logits are taken before the first update
     history = train_kl(policy, policy, tokenizer, pairs, beta=1.0, lr=1e-3, steps=3, batch_size=3, progress=False)
     assert history["kl"].iloc[0] == 0.0 and history["kl"].iloc[-1] > 0
+
+
+def test_sparse_embedding_gradient_gives_the_dense_gradient(tiny, tokenizer, pairs):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lab7_helpers.data import encode_pairs_shared_prompt
+    from lab7_helpers.scoring import shared_prompt_logprobs
+    from lab7_helpers.training import sparse_embedding_gradient
+
+    batch = encode_pairs_shared_prompt(tokenizer, pairs)
+    grads = []
+    for sparse in (False, True):
+        policy = trainable_copy(tiny[0])
+        with sparse_embedding_gradient(policy) if sparse else contextlib.nullcontext():
+            assert policy.transformer.wte.sparse is sparse
+            chosen, rejected, _, _ = shared_prompt_logprobs(policy, batch)
+            (chosen - rejected).sum().backward()
+        assert not policy.transformer.wte.sparse
+        grads.append(policy.transformer.wte.weight.grad)
+    assert not grads[1].is_sparse and torch.allclose(grads[0], grads[1], atol=1e-6)
+    untied = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=4, tie_word_embeddings=False))
+    with sparse_embedding_gradient(untied):
+        assert not untied.get_input_embeddings().sparse  # its gradient would stay sparse, which AdamW refuses
+
+
+def test_optimizer_step_frees_the_gradients(tiny):
+    from lab7_helpers.training import make_optimizer, optimizer_step
+
+    policy = trainable_copy(tiny[0])
+    optimizer = make_optimizer(policy, 1e-3)
+    before = policy.lm_head.weight.detach().clone()
+    optimizer_step(policy(input_ids=torch.tensor([[1, 2, 3]])).logits.sum(), optimizer, None)
+    assert all(p.grad is None for p in policy.parameters())  # not held through the next forward pass
+    assert not torch.equal(before, policy.lm_head.weight)
