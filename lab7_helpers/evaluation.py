@@ -42,7 +42,7 @@ def response_nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], batch_size
                         max_length: int = 256) -> tuple[float, float]:
     """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``.
 
-    Small batches: the exact KL needs both models' full-vocabulary logits, about 200 KB per response token."""
+    Small batches: the exact KL needs both models' full-vocabulary logits, 200 KB each per response token (GPT-2)."""
     device = next(model.parameters()).device
     total_nll = total_kl = total_tokens = 0.0
     for start in range(0, len(pairs), batch_size):
@@ -67,6 +67,7 @@ def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_s
     pass per model and batch gives both: the reference's logits at the chosen positions serve every model's KL.
     """
     device = next(ref.parameters()).device
+    # "" is the reference, scored once; an entry of ``models`` that is the reference gets its scores
     everyone = {"": ref, **{name: model for name, model in models.items() if model is not ref}}
     was_training = {name: model.training for name, model in everyone.items()}
     for model in everyone.values():
