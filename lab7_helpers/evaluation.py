@@ -10,11 +10,11 @@ from tqdm.auto import tqdm
 
 from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
 from .generation import generate
-from .losses import token_kl
+from .losses import picked_logprobs, token_kl
 from .metrics import (DEFAULT_REFUSAL_PHRASES, distinct_n, implicit_reward_margins, refusal_flag,
                       repetition_score)
-from .scoring import (in_original_order, length_sorted_batches, picked_logprobs, response_logits,
-                      shared_prompt_logits, sum_by_side)
+from .scoring import (in_original_order, length_sorted_batches, response_logits, shared_prompt_logits,
+                      sum_by_side)
 
 METRIC_DESCRIPTIONS = {
     "len_words": "mean length of a generated response, in words",

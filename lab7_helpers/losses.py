@@ -19,6 +19,12 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits)[i, targets[i]]`` for each position of ``logits`` ``[..., V]``, without building a second
+    full-size tensor. Returns ``[...]``."""
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each next token, and where it counts.
 
@@ -34,10 +40,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     safe_targets = targets.masked_fill(~mask, 0)
-    # log_softmax gathered at one index, without building a second [B, T, V] tensor
-    picked = logits.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)
-    logps = picked - torch.logsumexp(logits, dim=-1)
-    return logps.masked_fill(~mask, 0.0), mask
+    return picked_logprobs(logits, safe_targets).masked_fill(~mask, 0.0), mask
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

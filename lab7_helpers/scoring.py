@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, encode_pairs_shared_prompt
-from .losses import upcast
+from .losses import picked_logprobs, upcast
 
 
 def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -38,12 +38,6 @@ def logits_at_responses(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     logits = rows.new_zeros(mask.shape[0], mask.shape[1] + 1, rows.shape[-1])
     logits[:, :-1][mask] = rows
     return logits
-
-
-def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[i, targets[i]]`` for each row of ``logits`` ``[N, V]``, without building a second
-    ``[N, V]`` tensor. Returns ``[N]``."""
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
