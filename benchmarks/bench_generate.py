@@ -19,6 +19,7 @@ from common import print_table, save_result  # noqa: E402
 
 import lab7_helpers as lab  # noqa: E402
 from lab7_helpers.cli import quiet_libraries  # noqa: E402
+import lab7_helpers.onednn as onednn  # noqa: E402
 
 
 def main() -> int:
@@ -33,10 +34,10 @@ def main() -> int:
     prompts = [p["prompt"] for p in test_pairs][: 4 if args.smoke else None]
     new_tokens = 8 if args.smoke else 80
     rows = []
-    has_onednn = lab.generation._has_onednn_linear
+    has_onednn = onednn.has_onednn_linear
     for name, batch_size, packed in (("one at a time", 1, True), ("batched", len(prompts), True),
                                      ("batched, plain layers", len(prompts), False)):
-        lab.generation._has_onednn_linear = has_onednn if packed else (lambda: False)
+        onednn.has_onednn_linear = has_onednn if packed else (lambda: False)
         start = time.perf_counter()
         texts = lab.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, batch_size=batch_size)
         seconds = time.perf_counter() - start

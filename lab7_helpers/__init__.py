@@ -3,7 +3,8 @@
 Read top to bottom: ``data`` (pairs in, token ids out), ``losses`` (the maths), ``scoring`` (log-probs of
 responses under a model), ``generation``, ``metrics``, ``models`` (loading, freezing, copying), ``training``
 (the two update loops), ``trl_dpo`` (the same DPO through TRL), ``evaluation``, ``plots`` and ``checks``
-(the notebook's self-checks). ``run`` and ``cli`` are the ``lab7 run`` command.
+(the notebook's self-checks). ``run`` and ``cli`` are the ``lab7 run`` command; ``onednn`` and ``cpu_memory``
+make the CPU path faster (same results, to float32 rounding).
 """
 
 from .checks import (CheckResult, check_dpo_dataset, check_dpo_loss, check_kl_loss, check_refusal_phrases,

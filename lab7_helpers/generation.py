@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
-from transformers.pytorch_utils import Conv1D
 
 from .data import format_prompt
+from .onednn import prepacked_weights
 
 
 @torch.inference_mode()
@@ -84,40 +83,3 @@ class NucleusSampler(LogitsProcessor):
         rank = torch.searchsorted(cumulative, u, right=True).clamp(max=n_kept - 1)  # first with cumulative > u
         token = order.gather(-1, rank)  # [B, 1]
         return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
-
-
-def _has_onednn_linear() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-@contextmanager
-def prepacked_weights(model, rows: int) -> Iterator[None]:
-    """On CPU, run the model's linear layers through oneDNN with each weight re-laid out once, up front.
-
-    Decoding multiplies a handful of rows (one per prompt) by every weight matrix at each new token; for that
-    shape the plain float32 path is 2-3x slower than oneDNN with a pre-packed weight. Packing costs one extra
-    copy of the weights while the block runs; results agree with the plain path to float32 rounding.
-    Elsewhere (GPU, half precision, a torch without oneDNN) nothing changes.
-    """
-    weight = next(model.parameters())
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not _has_onednn_linear():
-        yield
-        return
-    patched = []
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and "forward" not in module.__dict__:
-            matrix = module.weight.t() if isinstance(module, Conv1D) else module.weight  # as [out, in]
-            packed = torch.ops.mkldnn._reorder_linear_weight(matrix.detach(), rows)
-            module.forward = _packed_forward(packed, module.bias)
-            patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.forward
-
-
-def _packed_forward(packed: torch.Tensor, bias: torch.Tensor | None):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    return forward

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, encode_pairs_shared_prompt
 from .losses import picked_logprobs, upcast
+from .onednn import onednn_linears
 
 
 def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -16,7 +17,8 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """The model's logits at the positions that predict a response token, and only there.
 
     The LM head is applied to those positions alone: the ``[B, T, V]`` logits of prompt and padding positions are
-    never built (V is 50k for GPT-2), which saves compute in the forward and the backward pass.
+    never built (V is 50k for GPT-2), which saves compute in the forward and the backward pass. On CPU the linear
+    layers run through oneDNN (``onednn_linears``).
 
     Args:
         input_ids, attention_mask, labels: ``[B, T]`` (labels -100 on prompt and padding).
@@ -26,9 +28,10 @@ def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         in row-major order; ``mask[b, t]`` says that position ``t`` predicts the response token ``labels[b, t + 1]``.
         Gradient flows if enabled.
     """
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
     mask = labels[:, 1:] != IGNORE_INDEX
-    return upcast(model.get_output_embeddings()(hidden[:, :-1][mask])), mask
+    with onednn_linears(model):
+        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+        return upcast(model.get_output_embeddings()(hidden[:, :-1][mask])), mask
 
 
 def logits_at_responses(rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -61,11 +64,13 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 def shared_prompt_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits ``[N, V]`` (float32) at the N scored positions of ``encode_pairs_shared_prompt`` rows, one per entry
-    of ``batch["side"] >= 0`` in row-major order; the LM head runs on those positions only."""
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                              position_ids=batch["position_ids"]).last_hidden_state  # [B, L, H]
-    states = hidden.gather(1, batch["source"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, K, H]
-    return upcast(model.get_output_embeddings()(states[batch["side"] >= 0]))
+    of ``batch["side"] >= 0`` in row-major order; the LM head runs on those positions only (on CPU through oneDNN,
+    as in ``response_logits``)."""
+    with onednn_linears(model):
+        hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  position_ids=batch["position_ids"]).last_hidden_state  # [B, L, H]
+        states = hidden.gather(1, batch["source"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, K, H]
+        return upcast(model.get_output_embeddings()(states[batch["side"] >= 0]))
 
 
 def sum_by_side(token_logps: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,

@@ -139,11 +139,11 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     optimizer = make_optimizer(policy, lr)
     amp, scaler = autocast(device)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="lab7_reference_") as folder:
+    with tempfile.TemporaryDirectory(prefix="lab7_reference_") as folder, reuse_freed_memory():
         ref_files = reference_logits_on_disk(ref, schedule, padded, Path(folder), amp, progress)
         policy.train()
         steps_bar = tqdm(schedule, desc=f"KL update (beta={beta})", disable=not progress, unit="step")
-        with reference_on_disk(policy, ref), reuse_freed_memory(), sparse_embedding_gradient(policy):
+        with reference_on_disk(policy, ref), sparse_embedding_gradient(policy):
             for step, idx in enumerate(steps_bar, start=1):
                 batch = padded(idx)
                 with amp():
@@ -189,39 +189,42 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
               loss_type: str = "sigmoid", progress: bool = True) -> pd.DataFrame:
     """DPO on ``pairs`` with our own loop; the same loss as TRL's ``DPOTrainer`` (summed log-probs).
 
-    The reference log-probs are computed once, before training, in large batches: ``ref`` is not needed during
-    the updates, so its weights wait on disk meanwhile (unless ``ref`` is ``policy`` itself). Each step runs
-    prompt, chosen and rejected through the policy as one sequence (the prompt once; see
-    ``encode_pairs_shared_prompt``) and applies the LM head to response positions only.
+    The reference log-probs are computed once, before training, in batches of similar length: ``ref`` is not
+    needed during the updates, so its weights wait on disk meanwhile (unless ``ref`` is ``policy`` itself). Each
+    step runs prompt, chosen and rejected through the policy as one sequence (the prompt once; see
+    ``encode_pairs_shared_prompt``) and applies the LM head to response positions only. On CPU the linear layers
+    run through oneDNN (``onednn_linears``).
 
     Returns a DataFrame with ``loss`` and the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
     ``rewards/accuracies`` that TRL logs (batch means, before the step's update).
     """
     device = next(policy.parameters()).device
-    ref_scores = pair_logprobs(ref, tokenizer, pairs, batch_size=16, max_length=max_length, progress=progress)
-    optimizer = make_optimizer(policy, lr)
     amp, scaler = autocast(device)
-    policy.train()
     n_steps = epochs * math.ceil(len(pairs) / batch_size)
     rows = []
-    steps_bar = tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO", disable=not progress, unit="step")
-    with reference_on_disk(policy, ref), reuse_freed_memory(), sparse_embedding_gradient(policy):
-        for step, idx in enumerate(steps_bar, start=1):
-            chunk = [pairs[i] for i in idx]
-            batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
-            with amp():
-                chosen_logps, rejected_logps, _, _ = shared_prompt_logprobs(policy, batch)
-            ref_chosen, ref_rejected = ref_scores["chosen"][idx].to(device), ref_scores["rejected"][idx].to(device)
-            losses, chosen_rewards, rejected_rewards = dpo_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected,
-                                                                beta=beta, loss_type=loss_type)
-            loss = losses.mean()
-            check_finite(loss, "DPO", step, chunk)
-            optimizer_step(loss, optimizer, scaler)
-            rows.append({"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
-                         "rewards/rejected": rejected_rewards.mean().item(),
-                         "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                         "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()})
-        release(optimizer)
+    with reuse_freed_memory():  # from the reference scoring on: its freed activations serve the first steps
+        ref_scores = pair_logprobs(ref, tokenizer, pairs, max_length=max_length, progress=progress)
+        optimizer = make_optimizer(policy, lr)
+        policy.train()
+        steps_bar = tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO", disable=not progress,
+                         unit="step")
+        with reference_on_disk(policy, ref), sparse_embedding_gradient(policy):
+            for step, idx in enumerate(steps_bar, start=1):
+                chunk = [pairs[i] for i in idx]
+                batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
+                with amp():
+                    chosen_logps, rejected_logps, _, _ = shared_prompt_logprobs(policy, batch)
+                ref_chosen, ref_rejected = ref_scores["chosen"][idx].to(device), ref_scores["rejected"][idx].to(device)
+                losses, chosen_rewards, rejected_rewards = dpo_loss(chosen_logps, rejected_logps, ref_chosen,
+                                                                    ref_rejected, beta=beta, loss_type=loss_type)
+                loss = losses.mean()
+                check_finite(loss, "DPO", step, chunk)
+                optimizer_step(loss, optimizer, scaler)
+                rows.append({"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
+                             "rewards/rejected": rejected_rewards.mean().item(),
+                             "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+                             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()})
+            release(optimizer)
     return history_frame(rows)
 
 

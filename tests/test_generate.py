@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lab7_helpers import format_prompt, generate
-from lab7_helpers.generation import _has_onednn_linear, prepacked_weights
+from lab7_helpers.onednn import has_onednn_linear, prepacked_weights
 
 PROMPTS = ["Say hello.", "What is the capital of France? Answer in one word, please.", "Why?"]
 
@@ -34,7 +34,7 @@ def test_restores_padding_side_and_training_mode(tiny, tokenizer, policy):
     assert torch.is_grad_enabled()
 
 
-@pytest.mark.skipif(not _has_onednn_linear(), reason="this torch has no oneDNN linear")
+@pytest.mark.skipif(not has_onednn_linear(), reason="this torch has no oneDNN linear")
 def test_prepacked_weights_give_the_plain_logits_and_leave_no_patch(tiny, tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
