@@ -112,7 +112,7 @@ def main() -> int:
         own, theirs, *shipped = [r for r in rows if r["batch"] == batch_size]
         ratios.append({"batch": batch_size, "speedup (pairs/s)": own["pairs_per_s"] / theirs["pairs_per_s"],
                        "vs TRL, default allocator": own["pairs_per_s"] / shipped[0]["pairs_per_s"] if shipped
-                       else float("nan"),
+                       else None,  # not run at this batch size (None: valid JSON, unlike nan)
                        "peak-memory ratio": own["peak_rss_gb"] / theirs["peak_rss_gb"],
                        "|first-loss diff|": abs(own["first_loss"] - theirs["first_loss"]),
                        "ours % of matmul peak": 100 * own["matmul_share"],

@@ -40,6 +40,8 @@ def print_table(rows: list[dict], title: str) -> None:
 
 
 def fmt(value) -> str:
+    if value is None:
+        return "-"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)

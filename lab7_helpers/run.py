@@ -21,8 +21,6 @@ from .report import render_report, save_csv, save_figure, save_generations, writ
 from .training import kl_beta_sweep, train_dpo, train_kl
 
 
-
-
 @dataclass
 class LabSettings:
     """Every knob of a run; the defaults follow the original lab."""

@@ -85,25 +85,45 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
 
 
 @contextmanager
-def sparse_embedding_gradient(model: torch.nn.Module) -> Iterator[None]:
+def tied_embedding_gradient_in_place(model: torch.nn.Module) -> Iterator[None]:
     """While the block runs, the input embedding of a model with tied input and output embeddings (GPT-2,
-    SmolLM2) gets a sparse gradient: only the rows of the tokens in the batch.
+    SmolLM2) adds its gradient, one row per input token, straight into the shared weight's ``.grad``.
 
-    By default PyTorch builds the embedding's gradient as a dense ``[V, H]`` matrix (113 MB for a 49k x 576
-    vocabulary), almost all zeros, and then adds it to the output layer's gradient of the same weight. A sparse
-    one is added straight into that dense gradient. Untied models keep the default: their embedding would end
-    up with a sparse gradient, which AdamW does not take.
+    By default autograd builds the embedding's gradient as a dense ``[V, H]`` matrix of zeros with a few rows
+    filled in (113 MB for a 49k x 576 vocabulary; a sparse gradient avoids that), then adds it to the output
+    layer's gradient of the same weight into a new ``[V, H]`` tensor. Here the rows are looked up in the detached
+    weight and a hook on them adds their gradient into ``weight.grad`` with ``index_add_``: the same sum, with no
+    ``[V, H]`` temporary (about 0.15 GB less peak memory in training). As in ``nn.Embedding``, the row of
+    ``padding_idx`` gets nothing from the input side. Untied models, and embeddings with ``max_norm``,
+    ``scale_grad_by_freq`` or ``sparse``, keep the default.
     """
     embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
     tied = isinstance(embedding, torch.nn.Embedding) and output is not None and output.weight is embedding.weight
-    if not tied:
+    if not tied or embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:
         yield
         return
-    embedding.sparse = True
+    weight, padding_idx = embedding.weight, embedding.padding_idx
+
+    def add_rows(ids: torch.Tensor, grad: torch.Tensor) -> None:  # ids [N], grad [N, H]
+        if padding_idx is not None:
+            keep = ids != padding_idx
+            ids, grad = ids[keep], grad[keep]
+        if weight.grad is None:  # the output layer's gradient usually arrives first
+            weight.grad = torch.zeros_like(weight)
+        weight.grad.index_add_(0, ids, grad)
+
+    def forward(input_ids: torch.Tensor) -> torch.Tensor:
+        rows = torch.nn.functional.embedding(input_ids, weight.detach(), padding_idx)
+        if torch.is_grad_enabled() and weight.requires_grad:
+            rows.requires_grad_()
+            rows.register_hook(lambda grad: add_rows(input_ids.reshape(-1), grad.reshape(-1, grad.shape[-1])))
+        return rows
+
+    embedding.forward = forward
     try:
         yield
     finally:
-        embedding.sparse = False
+        del embedding.forward
 
 
 def release(optimizer: torch.optim.Optimizer) -> None:
@@ -143,7 +163,7 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
         ref_files = reference_logits_on_disk(ref, schedule, padded, Path(folder), amp, progress)
         policy.train()
         steps_bar = tqdm(schedule, desc=f"KL update (beta={beta})", disable=not progress, unit="step")
-        with reference_on_disk(policy, ref), sparse_embedding_gradient(policy):
+        with reference_on_disk(policy, ref), tied_embedding_gradient_in_place(policy):
             for step, idx in enumerate(steps_bar, start=1):
                 batch = padded(idx)
                 with amp():
@@ -208,7 +228,7 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
         policy.train()
         steps_bar = tqdm(batches(len(pairs), batch_size, n_steps, seed), desc="DPO", disable=not progress,
                          unit="step")
-        with reference_on_disk(policy, ref), sparse_embedding_gradient(policy):
+        with reference_on_disk(policy, ref), tied_embedding_gradient_in_place(policy):
             for step, idx in enumerate(steps_bar, start=1):
                 chunk = [pairs[i] for i in idx]
                 batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}

@@ -125,28 +125,46 @@ def test_train_kl_restores_the_reference_and_accepts_the_policy_as_reference(tin
     assert history["kl"].iloc[0] == 0.0 and history["kl"].iloc[-1] > 0
 
 
-def test_sparse_embedding_gradient_gives_the_dense_gradient(tiny, tokenizer, pairs):
+def _tiny_llama(tie: bool, padding_idx: int | None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
+                                        pad_token_id=padding_idx))
+
+
+@pytest.mark.parametrize("make_model", ["tiny-gpt2", "llama"])
+def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model, tiny, tokenizer, pairs):
     from lab7_helpers.data import encode_pairs_shared_prompt
     from lab7_helpers.scoring import shared_prompt_logprobs
-    from lab7_helpers.training import sparse_embedding_gradient
+    from lab7_helpers.training import tied_embedding_gradient_in_place
 
+    # nn.Embedding gives the row of padding_idx no gradient from the input side (SmolLM2's is its EOS), and neither
+    # may we: the Llama's padding_idx is a token of the first prompt, so that its row would get one.
     batch = encode_pairs_shared_prompt(tokenizer, pairs)
+    prompt_token = batch["input_ids"][0, 1].item()
+    model = tiny[0] if make_model == "tiny-gpt2" else _tiny_llama(tie=True, padding_idx=prompt_token)
     grads = []
-    for sparse in (False, True):
-        policy = trainable_copy(tiny[0])
-        with sparse_embedding_gradient(policy) if sparse else contextlib.nullcontext():
-            assert policy.transformer.wte.sparse is sparse
+    for in_place in (False, True):
+        policy = trainable_copy(model)
+        embedding = policy.get_input_embeddings()
+        with tied_embedding_gradient_in_place(policy) if in_place else contextlib.nullcontext():
+            assert ("forward" in embedding.__dict__) is in_place
             chosen, rejected, _, _ = shared_prompt_logprobs(policy, batch)
             (chosen - rejected).sum().backward()
-        assert not policy.transformer.wte.sparse
-        grads.append(policy.transformer.wte.weight.grad)
-    assert not grads[1].is_sparse and torch.allclose(grads[0], grads[1], atol=1e-6)
-    untied = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=4, tie_word_embeddings=False))
-    with sparse_embedding_gradient(untied):
-        assert not untied.get_input_embeddings().sparse  # its gradient would stay sparse, which AdamW refuses
+        assert "forward" not in embedding.__dict__
+        grads.append(embedding.weight.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+    assert grads[0][batch["input_ids"].unique()].abs().sum() > 0
+
+
+def test_tied_embedding_gradient_in_place_leaves_untied_models_alone():
+    from lab7_helpers.training import tied_embedding_gradient_in_place
+
+    untied = _tiny_llama(tie=False, padding_idx=None)
+    with tied_embedding_gradient_in_place(untied):
+        assert "forward" not in untied.get_input_embeddings().__dict__
 
 
 def test_optimizer_step_frees_the_gradients(tiny):
