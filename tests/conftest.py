@@ -49,3 +49,17 @@ def perturbed_copy(model, scale=0.05, seed=1):
 @pytest.fixture
 def policy(tiny):
     return perturbed_copy(tiny[0])
+
+
+@pytest.fixture
+def tiny_llama():
+    """A factory of tiny random Llama models (GPT-2's vocabulary, grouped-query attention), seeded:
+    ``tiny_llama(**config_overrides)``. The Llama family (SmolLM2) uses ``nn.Linear`` where GPT-2 uses ``Conv1D``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def make(**overrides) -> LlamaForCausalLM:
+        torch.manual_seed(0)
+        config = dict(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+        return LlamaForCausalLM(LlamaConfig(**{**config, **overrides}))
+    return make

@@ -35,12 +35,8 @@ def test_restores_padding_side_and_training_mode(tiny, tokenizer, policy):
 
 
 @pytest.mark.skipif(not has_onednn_linear(), reason="this torch has no oneDNN linear")
-def test_prepacked_weights_give_the_plain_logits_and_leave_no_patch(tiny, tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).eval()
+def test_prepacked_weights_give_the_plain_logits_and_leave_no_patch(tiny, tokenizer, tiny_llama):
+    llama = tiny_llama().eval()
     ids = tokenizer(PROMPTS, return_tensors="pt", padding=True, return_token_type_ids=False)
     for model in (tiny[0], llama):  # GPT-2's Conv1D layers and Llama's Linear layers
         with torch.inference_mode():

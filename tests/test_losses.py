@@ -151,12 +151,8 @@ def test_dpo_rewards_are_detached_and_loss_has_gradient():
     assert pc.grad.item() == pytest.approx(-0.1 * torch.sigmoid(torch.tensor(-0.1)).item(), rel=1e-5)
 
 
-def test_response_logprobs_equals_a_full_forward(tiny, tokenizer, pairs):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+def test_response_logprobs_equals_a_full_forward(tiny, tokenizer, pairs, tiny_llama):
+    llama = tiny_llama()
     batch = encode_pairs_for_dpo(tokenizer, pairs)
     for model in (tiny[0], llama):
         fast, mask = response_logprobs(model, **batch)
@@ -166,17 +162,13 @@ def test_response_logprobs_equals_a_full_forward(tiny, tokenizer, pairs):
         assert torch.allclose(fast, full[0], atol=1e-5)
 
 
-def test_shared_prompt_scoring_equals_separate_sequences(tiny, tokenizer, pairs):
+def test_shared_prompt_scoring_equals_separate_sequences(tiny, tokenizer, pairs, tiny_llama):
     """One [prompt, chosen, rejected] sequence per pair gives the same summed log-probs as two sequences,
     also in a batch with padding and when truncation leaves the two prompts different."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from lab7_helpers.data import encode_pairs_shared_prompt
     from lab7_helpers.scoring import shared_prompt_logprobs
 
-    torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
+    llama = tiny_llama()
     long_pair = {"prompt": "word " * 40, "chosen": "Short.", "rejected": "A much longer answer " * 6}
     cases = [(pairs, 256), ([long_pair, pairs[0]], 40)]  # max_length 40: the two prompts are cut differently
     for model in (tiny[0], llama):

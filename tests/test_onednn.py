@@ -8,14 +8,6 @@ from lab7_helpers.onednn import OneDNNLinear, has_onednn_linear, onednn_linears
 needs_onednn = pytest.mark.skipif(not has_onednn_linear(), reason="this torch has no oneDNN linear")
 
 
-def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
-
-
 @needs_onednn
 @pytest.mark.parametrize("transposed_weight", [False, True])
 def test_onednn_linear_matches_f_linear_values_and_gradients(transposed_weight):
@@ -37,10 +29,11 @@ def test_onednn_linear_matches_f_linear_values_and_gradients(transposed_weight):
 
 
 @needs_onednn
-def test_onednn_linears_give_the_plain_logits_and_gradients_and_leave_no_patch(tiny, tokenizer, pairs):
+def test_onednn_linears_give_the_plain_logits_and_gradients_and_leave_no_patch(tiny, tokenizer, pairs, tiny_llama):
     batch = tokenizer([p["prompt"] + p["chosen"] for p in pairs], return_tensors="pt", padding=True,
                       return_token_type_ids=False)
-    for model in (trainable_copy(tiny[0]), tiny_llama()):  # GPT-2's Conv1D layers; Llama's Linear layers, GQA
+    # GPT-2's Conv1D layers; Llama's Linear layers and grouped-query attention
+    for model in (trainable_copy(tiny[0]), tiny_llama(tie_word_embeddings=True)):
         runs = []
         for use_onednn in (False, True):
             model.zero_grad(set_to_none=True)
@@ -60,7 +53,8 @@ def test_onednn_linears_give_the_plain_logits_and_gradients_and_leave_no_patch(t
         assert not any("forward" in m.__dict__ for m in model.modules())
 
 
-def test_onednn_linears_leave_other_models_alone():
-    model = tiny_llama().double()  # oneDNN's linear is for float32 here: a float64 model keeps its layers
+def test_onednn_linears_leave_other_models_alone(tiny_llama):
+    # oneDNN's linear is for float32 here: a float64 model keeps its layers
+    model = tiny_llama(tie_word_embeddings=True).double()
     with onednn_linears(model):
         assert not any("forward" in m.__dict__ for m in model.modules())

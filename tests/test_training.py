@@ -125,17 +125,9 @@ def test_train_kl_restores_the_reference_and_accepts_the_policy_as_reference(tin
     assert history["kl"].iloc[0] == 0.0 and history["kl"].iloc[-1] > 0
 
 
-def _tiny_llama(tie: bool, padding_idx: int | None):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tie,
-                                        pad_token_id=padding_idx))
-
-
 @pytest.mark.parametrize("make_model", ["tiny-gpt2", "llama"])
-def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model, tiny, tokenizer, pairs):
+def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model, tiny, tokenizer, pairs,
+                                                                     tiny_llama):
     from lab7_helpers.data import encode_pairs_shared_prompt
     from lab7_helpers.scoring import shared_prompt_logprobs
     from lab7_helpers.training import tied_embedding_gradient_in_place
@@ -144,7 +136,8 @@ def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model,
     # may we: the Llama's padding_idx is a token of the first prompt, so that its row would get one.
     batch = encode_pairs_shared_prompt(tokenizer, pairs)
     prompt_token = batch["input_ids"][0, 1].item()
-    model = tiny[0] if make_model == "tiny-gpt2" else _tiny_llama(tie=True, padding_idx=prompt_token)
+    model = tiny[0] if make_model == "tiny-gpt2" else tiny_llama(num_hidden_layers=1, tie_word_embeddings=True,
+                                                                   pad_token_id=prompt_token)
     grads = []
     for in_place in (False, True):
         policy = trainable_copy(model)
@@ -159,10 +152,10 @@ def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model,
     assert grads[0][batch["input_ids"].unique()].abs().sum() > 0
 
 
-def test_tied_embedding_gradient_in_place_leaves_untied_models_alone():
+def test_tied_embedding_gradient_in_place_leaves_untied_models_alone(tiny_llama):
     from lab7_helpers.training import tied_embedding_gradient_in_place
 
-    untied = _tiny_llama(tie=False, padding_idx=None)
+    untied = tiny_llama(num_hidden_layers=1)
     with tied_embedding_gradient_in_place(untied):
         assert "forward" not in untied.get_input_embeddings().__dict__
 
