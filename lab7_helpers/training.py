@@ -73,8 +73,7 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is None:
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizer.step()
+        clipped_step(optimizer, params)
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -82,6 +81,28 @@ def optimizer_step(loss: torch.Tensor, optimizer, scaler) -> None:
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter]) -> None:
+    """``clip_grad_norm_(params, MAX_GRAD_NORM)`` then ``optimizer.step()``, with one pass over the gradients less
+    where the optimizer is fused.
+
+    Clipping multiplies every gradient by ``min(1, MAX_GRAD_NORM / (norm + 1e-6))``: a read and a write of the
+    whole gradient (0.5 GB for SmolLM2-135M) before the optimizer reads it again. A fused Adam/AdamW divides each
+    gradient by its ``grad_scale`` tensor as it reads it (the attribute ``torch.amp.GradScaler`` sets to unscale
+    fp16 gradients), so the clip factor goes there: the same update to float32 rounding, about 15 ms less per
+    CPU step. The gradients themselves are left unclipped.
+    """
+    if not optimizer.defaults.get("fused"):
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        return
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / MAX_GRAD_NORM, min=1.0)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale
 
 
 @contextmanager

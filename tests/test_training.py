@@ -169,3 +169,29 @@ def test_optimizer_step_frees_the_gradients(tiny):
     optimizer_step(policy(input_ids=torch.tensor([[1, 2, 3]])).logits.sum(), optimizer, None)
     assert all(p.grad is None for p in policy.parameters())  # not held through the next forward pass
     assert not torch.equal(before, policy.lm_head.weight)
+
+
+@pytest.mark.parametrize("loss_scale", [1e-5, 100.0])  # gradient norm below and far above MAX_GRAD_NORM
+def test_clipped_step_equals_clip_grad_norm_then_step(tiny, loss_scale):
+    from lab7_helpers.training import MAX_GRAD_NORM, clipped_step, make_optimizer
+
+    input_ids = torch.tensor([[1, 2, 3, 4]])
+    states = []
+    for fold_into_optimizer in (True, False):
+        policy = trainable_copy(tiny[0])
+        optimizer = make_optimizer(policy, 1e-3)
+        assert optimizer.defaults["fused"]  # the path under test
+        (policy(input_ids=input_ids).logits.sum() * loss_scale).backward()
+        params = list(policy.parameters())
+        if fold_into_optimizer:
+            clipped_step(optimizer, params)
+            assert not hasattr(optimizer, "grad_scale")  # a later step (or GradScaler) must not see it
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+            optimizer.step()
+        states.append((params, [optimizer.state[p]["exp_avg"] for p in params]))
+    assert (norm > MAX_GRAD_NORM) == (loss_scale > 1)
+    (params, exp_avg), (expected_params, expected_exp_avg) = states
+    # Adam's step hardly depends on the gradient's scale, so the first moment is what shows the clipping
+    for got, expected in zip(exp_avg + params, expected_exp_avg + expected_params):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8)
