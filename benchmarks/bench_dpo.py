@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import matmul_gflops, print_table, save_result  # noqa: E402
 
 import lab7_helpers as lab  # noqa: E402
-from lab7_helpers.cli import quiet_libraries  # noqa: E402
+from lab7_helpers.app.cli import quiet_libraries  # noqa: E402
 
 
 def tokens_per_pair(tokenizer, pairs) -> float:

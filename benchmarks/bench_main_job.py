@@ -49,7 +49,7 @@ def main() -> int:
         pairs = Path(tmp) / "pairs.jsonl"
         pairs.write_text("".join(lab.BUNDLED_PAIRS.read_text().splitlines(keepends=True)[:n_pairs]))
         extra = ["--kl-steps", "2", "--max-new-tokens", "8"] if args.smoke else []
-        ours = timed([sys.executable, "-m", "lab7_helpers.cli", "run", "--model", model, "--pairs", str(pairs),
+        ours = timed([sys.executable, "-m", "lab7_helpers.app.cli", "run", "--model", model, "--pairs", str(pairs),
                       "--out", str(Path(tmp) / "run"), *extra])
         original = timed([sys.executable, str(HERE / "original_approach.py"), "--model", model,
                           "--pairs", str(pairs)])

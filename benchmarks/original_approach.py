@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--pairs", required=True)
     args = parser.parse_args()
-    from lab7_helpers.cli import quiet_libraries
+    from lab7_helpers.app.cli import quiet_libraries
 
     quiet_libraries()
     warnings.simplefilter("ignore")

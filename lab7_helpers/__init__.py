@@ -1,39 +1,36 @@
 """Helpers for Lab 7: KL-regularized fine-tuning and DPO on GPT-2.
 
-Read top to bottom: ``data`` (pairs in, token ids out), ``losses`` (the maths), ``scoring`` (log-probs of
-responses under a model), ``generation``, ``metrics``, ``models`` (loading, freezing, copying), ``training``
-(the two update loops), ``trl_dpo`` (the same DPO through TRL), ``evaluation``, ``plots`` and ``checks``
-(the notebook's self-checks). ``run`` and ``cli`` are the ``lab7 run`` command; ``onednn`` and ``cpu_memory``
-make the CPU path faster (same results, to float32 rounding).
+The teaching core, read top to bottom: ``data`` (pairs to token ids), ``losses`` (the maths), ``scoring``
+(log-probs of responses under a model), ``models`` (loading, freezing, copying), ``generation``, ``metrics``,
+``training`` (the two update loops), ``trl_dpo`` (the same DPO through TRL), ``evaluation`` and ``checks`` (the
+notebook's self-checks).
+
+Beside it, and not needed to follow the lab: ``sources/`` reads pairs files and fetches the offline model;
+``engine/`` makes the CPU path faster (same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command
+(report, plots); ``grading/`` is ``lab7 grade``. Importing this package changes nothing in the process.
 """
 
+from .app.plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
 from .checks import (CheckResult, check_dpo_dataset, check_dpo_loss, check_kl_loss, check_refusal_phrases,
                      check_sequence_logprobs)
-from .data import (BUNDLED_PAIRS, FIELDS, IGNORE_INDEX, SAMPLE_DATA_DIR, PairFileError, PairFileWarning,
-                   encode_pair, encode_pairs_for_dpo, format_prompt, load_pairs, pad_batch, split_pairs)
-from .evaluation import (METRIC_DESCRIPTIONS, evaluate_models, metric_descriptions,
-                         response_nll_and_kl)
+from .data import IGNORE_INDEX, encode_pair, encode_pairs_for_dpo, format_prompt, pad_batch, split_pairs
+from .evaluation import evaluate_models, metric_descriptions, nll_and_kl
 from .generation import generate
+from .grading.submissions import export_answers
 from .losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_kl, token_logprobs
-from .metrics import (DEFAULT_REFUSAL_PHRASES, distinct_n, implicit_reward_margins, preference_accuracy,
-                      refusal_flag, repetition_score, reward_accuracy)
-from .models import (OFFLINE_MODELS, SMOLLM2, TINY_GPT2, describe_runtime, freeze, load_model,
-                     mixed_precision_dtype, trainable_copy)
-from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
-from .scoring import pair_logprobs, response_logprobs
-from .submissions import export_answers
+from .metrics import distinct_n, preference_accuracy, refusal_flag, repetition_score, reward_accuracy
+from .models import SMOLLM2, TINY_GPT2, describe_runtime, freeze, load_model, trainable_copy
+from .sources.pair_files import BUNDLED_PAIRS, SAMPLE_DATA_DIR, PairFileError, PairFileWarning, load_pairs
 from .training import kl_beta_sweep, train_dpo, train_kl
 from .trl_dpo import dpo_dataset, train_dpo_trl
 
 __all__ = [
-    "CheckResult", "check_dpo_dataset", "check_dpo_loss", "check_kl_loss", "check_refusal_phrases",
-    "check_sequence_logprobs", "BUNDLED_PAIRS", "FIELDS", "IGNORE_INDEX", "SAMPLE_DATA_DIR", "PairFileError",
-    "PairFileWarning", "encode_pair", "encode_pairs_for_dpo", "format_prompt", "load_pairs", "pad_batch",
-    "split_pairs", "METRIC_DESCRIPTIONS", "evaluate_models", "metric_descriptions", "response_nll_and_kl",
-    "generate", "dpo_loss", "kl_regularized_loss", "sequence_logprobs", "token_kl", "token_logprobs",
-    "DEFAULT_REFUSAL_PHRASES", "distinct_n", "implicit_reward_margins", "preference_accuracy", "refusal_flag",
-    "repetition_score", "reward_accuracy", "OFFLINE_MODELS", "SMOLLM2", "TINY_GPT2", "describe_runtime", "freeze",
-    "load_model", "mixed_precision_dtype", "trainable_copy", "plot_beta_sweep", "plot_dpo_history",
-    "plot_kl_history", "plot_metrics", "pair_logprobs", "response_logprobs", "kl_beta_sweep", "train_dpo",
-    "train_kl", "dpo_dataset", "train_dpo_trl", "export_answers",
+    "plot_beta_sweep", "plot_dpo_history", "plot_kl_history", "plot_metrics", "CheckResult", "check_dpo_dataset",
+    "check_dpo_loss", "check_kl_loss", "check_refusal_phrases", "check_sequence_logprobs", "IGNORE_INDEX",
+    "encode_pair", "encode_pairs_for_dpo", "format_prompt", "pad_batch", "split_pairs", "evaluate_models",
+    "metric_descriptions", "nll_and_kl", "generate", "export_answers", "dpo_loss", "kl_regularized_loss",
+    "sequence_logprobs", "token_kl", "token_logprobs", "distinct_n", "preference_accuracy", "refusal_flag",
+    "repetition_score", "reward_accuracy", "SMOLLM2", "TINY_GPT2", "describe_runtime", "freeze", "load_model",
+    "trainable_copy", "BUNDLED_PAIRS", "SAMPLE_DATA_DIR", "PairFileError", "PairFileWarning", "load_pairs",
+    "kl_beta_sweep", "train_dpo", "train_kl", "dpo_dataset", "train_dpo_trl",
 ]

@@ -8,13 +8,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .data import encode_pair, encode_pairs_shared_prompt, pad_batch
+from . import engine
 from .generation import generate
 from .losses import picked_logprobs, token_kl
-from .metrics import (DEFAULT_REFUSAL_PHRASES, distinct_n, implicit_reward_margins, refusal_flag,
+from .metrics import (DEFAULT_REFUSAL_PHRASES, chosen_preferred, distinct_n, implicit_reward_margins, refusal_flag,
                       repetition_score)
-from .scoring import (in_original_order, length_sorted_batches, response_logits, shared_prompt_logits,
-                      sum_by_side)
+from .scoring import in_original_order, length_sorted_batches, sum_by_side
 
 METRIC_DESCRIPTIONS = {
     "len_words": "mean length of a generated response, in words",
@@ -38,26 +37,6 @@ def metric_descriptions() -> pd.DataFrame:
 
 
 @torch.inference_mode()
-def response_nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], batch_size: int = 4,
-                        max_length: int = 256) -> tuple[float, float]:
-    """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``.
-
-    Small batches: the exact KL needs both models' full-vocabulary logits, 200 KB each per response token (GPT-2)."""
-    device = next(model.parameters()).device
-    total_nll = total_kl = total_tokens = 0.0
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in chunk]
-        batch = {k: v.to(device) for k, v in pad_batch(encoded, tokenizer.pad_token_id).items()}
-        logits, mask = response_logits(model, **batch)  # [N, V]
-        ref_logits, _ = response_logits(ref, **batch)
-        total_nll -= picked_logprobs(logits, batch["labels"][:, 1:][mask]).sum().item()
-        total_kl += token_kl(logits, ref_logits).sum().item()
-        total_tokens += mask.sum().item()
-    return total_nll / total_tokens, total_kl / total_tokens
-
-
-@torch.inference_mode()
 def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_size: int = 4,
                     max_length: int = 256, progress: bool = False) -> tuple[dict[str, dict], dict]:
     """Everything the metrics need from scoring ``pairs``: ``(scores per model name, the reference's scores)``.
@@ -66,7 +45,6 @@ def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_s
     ``rejected_tokens``) and ``kl``, the exact KL(model || ref) summed over each pair's chosen tokens. One forward
     pass per model and batch gives both: the reference's logits at the chosen positions serve every model's KL.
     """
-    device = next(ref.parameters()).device
     # "" is the reference, scored once; an entry of ``models`` that is the reference gets its scores
     everyone = {"": ref, **{name: model for name, model in models.items() if model is not ref}}
     was_training = {name: model.training for name, model in everyone.items()}
@@ -75,21 +53,21 @@ def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_s
     parts: dict[str, dict[str, list[torch.Tensor]]] = {name: {} for name in everyone}
     batches = length_sorted_batches(pairs, batch_size)
     try:
-        for idx in tqdm(batches, desc="scoring held-out pairs", disable=not progress, unit="batch"):
-            chunk = [pairs[i] for i in idx]
-            batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, chunk, max_length).items()}
-            side, targets = batch["side"][batch["side"] >= 0], batch["target"][batch["side"] >= 0]  # [N] each
-            chosen_rows = side == 0
-            ref_logits = shared_prompt_logits(ref, batch)
-            for name, model in everyone.items():
-                logits = ref_logits if model is ref else shared_prompt_logits(model, batch)
-                kl = torch.zeros_like(side, dtype=logits.dtype)
-                kl[chosen_rows] = token_kl(logits[chosen_rows], ref_logits[chosen_rows])
-                chosen, rejected, n_chosen, n_rejected = sum_by_side(picked_logprobs(logits, targets), batch["side"])
-                scores = {"chosen": chosen, "rejected": rejected, "chosen_tokens": n_chosen,
-                          "rejected_tokens": n_rejected, "kl": sum_by_side(kl, batch["side"])[0]}
-                for key, value in scores.items():
-                    parts[name].setdefault(key, []).append(value.cpu())
+        with engine.session(*everyone.values()) as fast:
+            for idx in tqdm(batches, desc="scoring held-out pairs", disable=not progress, unit="batch"):
+                chunk = [pairs[i] for i in idx]
+                ref_logits, targets, side = fast.response_logits(ref, tokenizer, chunk, max_length)  # [N, V]
+                chosen_rows = side[side >= 0] == 0
+                for name, model in everyone.items():
+                    logits = ref_logits if model is ref else fast.response_logits(model, tokenizer, chunk,
+                                                                                   max_length)[0]
+                    kl = torch.zeros(chosen_rows.shape, dtype=logits.dtype, device=logits.device)
+                    kl[chosen_rows] = token_kl(logits[chosen_rows], ref_logits[chosen_rows])
+                    chosen, rejected, n_chosen, n_rejected = sum_by_side(picked_logprobs(logits, targets), side)
+                    scores = {"chosen": chosen, "rejected": rejected, "chosen_tokens": n_chosen,
+                              "rejected_tokens": n_rejected, "kl": sum_by_side(kl, side)[0]}
+                    for key, value in scores.items():
+                        parts[name].setdefault(key, []).append(value.cpu())
     finally:
         for name, model in everyone.items():
             model.train(was_training[name])
@@ -98,16 +76,24 @@ def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_s
     return {name: in_order["" if model is ref else name] for name, model in models.items()}, in_order[""]
 
 
+def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 256) -> tuple[float, float]:
+    """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``."""
+    scores = held_out_scores({"model": model}, ref, tokenizer, pairs, max_length=max_length)[0]["model"]
+    n_tokens = scores["chosen_tokens"].sum()
+    return (-scores["chosen"].sum() / n_tokens).item(), (scores["kl"].sum() / n_tokens).item()
+
+
 def _mean_where(values: torch.Tensor, where: torch.Tensor) -> float:
     return values[where].float().mean().item() if where.any() else float("nan")
 
 
 def preference_metrics(scores: dict, ref_scores: dict, chosen_longer: torch.Tensor, beta: float) -> dict[str, float]:
     """Preference and length-bias metrics of one model from ``pair_logprobs`` outputs (model's and reference's)."""
-    chosen_mean = scores["chosen"] / scores["chosen_tokens"]
-    rejected_mean = scores["rejected"] / scores["rejected_tokens"]
-    correct = chosen_mean > rejected_mean
-    longer_wins = torch.where(chosen_longer, chosen_mean > rejected_mean, rejected_mean > chosen_mean)
+    correct = chosen_preferred(scores)
+    rejected_preferred = chosen_preferred({"chosen": scores["rejected"], "rejected": scores["chosen"],
+                                           "chosen_tokens": scores["rejected_tokens"],
+                                           "rejected_tokens": scores["chosen_tokens"]})
+    longer_wins = torch.where(chosen_longer, correct, rejected_preferred)
     margins = implicit_reward_margins(scores, ref_scores, beta)
     return {
         "pref_acc": correct.float().mean().item(),

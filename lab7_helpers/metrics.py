@@ -65,10 +65,13 @@ def preference_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int
     A mean, not a sum, so that a longer response is not penalised just for having more tokens. It needs no
     reference, so it compares any models, the base model included.
     """
-    scores = pair_logprobs(model, tokenizer, pairs, batch_size, max_length)
-    chosen = scores["chosen"] / scores["chosen_tokens"]
-    rejected = scores["rejected"] / scores["rejected_tokens"]
-    return (chosen > rejected).float().mean().item()
+    return chosen_preferred(pair_logprobs(model, tokenizer, pairs, batch_size, max_length)).float().mean().item()
+
+
+def chosen_preferred(scores: dict):
+    """Per pair, ``[N]`` bool: the chosen response has the higher **mean per-token** log-prob (from
+    ``pair_logprobs``)."""
+    return scores["chosen"] / scores["chosen_tokens"] > scores["rejected"] / scores["rejected_tokens"]
 
 
 def implicit_reward_margins(policy_scores: dict, ref_scores: dict, beta: float):

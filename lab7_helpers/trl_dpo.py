@@ -8,7 +8,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from .cpu_memory import reuse_freed_memory
+from . import engine
 from .data import format_prompt
 from .models import mixed_precision_dtype, remove_forward_patch
 from .training import history_frame
@@ -83,7 +83,7 @@ def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0
         trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
                                    output_dir=output_dir, dataset=dataset)
         try:
-            with reuse_freed_memory():  # the lab's CPU setting, so that a benchmark compares the loops alone
+            with engine.session(training=True):  # the lab's CPU memory setting: a benchmark compares the loops alone
                 trainer.train()
         finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)
             remove_forward_patch(policy)

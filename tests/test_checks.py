@@ -3,7 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from lab7_helpers import DEFAULT_REFUSAL_PHRASES, format_prompt, kl_regularized_loss, sequence_logprobs, token_kl
+from lab7_helpers.metrics import DEFAULT_REFUSAL_PHRASES
+from lab7_helpers import format_prompt, kl_regularized_loss, sequence_logprobs, token_kl
 from lab7_helpers.checks import (check_dpo_dataset, check_dpo_loss, check_kl_loss, check_refusal_phrases,
                                  check_sequence_logprobs)
 from lab7_helpers.losses import token_logprobs

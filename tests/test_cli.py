@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab7_helpers.cli import main
-from lab7_helpers.run import BUNDLED_PAIRS
+from lab7_helpers.app.cli import main
+from lab7_helpers import BUNDLED_PAIRS
 
 OUTPUTS = ["report.html", "settings.json", "history_kl.csv", "history_dpo.csv", "history_dpo_trl.csv",
            "beta_sweep.csv", "metrics.csv", "generations.jsonl", "kl_history.png", "dpo_history.png",
@@ -54,7 +54,7 @@ def test_same_seed_gives_byte_identical_outputs(full_run, small_pairs, tmp_path)
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lab7_helpers.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lab7_helpers.app.cli", *args], capture_output=True, text=True,
                           timeout=120)
 
 
@@ -112,7 +112,7 @@ def test_existing_output_folder_is_not_overwritten(tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_a_consistent_folder(small_pairs, tmp_path, monkeypatch, capsys):
-    import lab7_helpers.run as run_module
+    import lab7_helpers.app.run as run_module
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

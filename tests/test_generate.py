@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lab7_helpers import format_prompt, generate
-from lab7_helpers.onednn import has_onednn_linear, prepacked_weights
+from lab7_helpers.engine.onednn import has_onednn_linear, prepacked_weights
 
 PROMPTS = ["Say hello.", "What is the capital of France? Answer in one word, please.", "Why?"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab7_helpers.cli import main
-from lab7_helpers.grading import Limits, grade, load_rubric
-from lab7_helpers.submissions import read_submission
+from lab7_helpers.app.cli import main
+from lab7_helpers.grading.grade import Limits, grade, load_rubric
+from lab7_helpers.grading.submissions import read_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
@@ -122,7 +122,7 @@ def test_stripped_metadata_still_finds_the_todo_cells():
 
 
 def read_submission_dict(notebook):
-    from lab7_helpers.submissions import extract
+    from lab7_helpers.grading.submissions import extract
 
     return extract(notebook)
 

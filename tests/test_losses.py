@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lab7_helpers import (dpo_loss, encode_pairs_for_dpo, kl_regularized_loss, response_logprobs, sequence_logprobs,
+from lab7_helpers import (dpo_loss, encode_pairs_for_dpo, kl_regularized_loss, sequence_logprobs,
                           token_kl, token_logprobs)
 from lab7_helpers.losses import IGNORE_INDEX
 
@@ -149,37 +149,3 @@ def test_dpo_rewards_are_detached_and_loss_has_gradient():
     assert not chosen_rewards.requires_grad
     losses.sum().backward()
     assert pc.grad.item() == pytest.approx(-0.1 * torch.sigmoid(torch.tensor(-0.1)).item(), rel=1e-5)
-
-
-def test_response_logprobs_equals_a_full_forward(tiny, tokenizer, pairs, tiny_llama):
-    llama = tiny_llama()
-    batch = encode_pairs_for_dpo(tokenizer, pairs)
-    for model in (tiny[0], llama):
-        fast, mask = response_logprobs(model, **batch)
-        full = token_logprobs(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                              batch["labels"])
-        assert torch.equal(mask, full[1])
-        assert torch.allclose(fast, full[0], atol=1e-5)
-
-
-def test_shared_prompt_scoring_equals_separate_sequences(tiny, tokenizer, pairs, tiny_llama):
-    """One [prompt, chosen, rejected] sequence per pair gives the same summed log-probs as two sequences,
-    also in a batch with padding and when truncation leaves the two prompts different."""
-    from lab7_helpers.data import encode_pairs_shared_prompt
-    from lab7_helpers.scoring import shared_prompt_logprobs
-
-    llama = tiny_llama()
-    long_pair = {"prompt": "word " * 40, "chosen": "Short.", "rejected": "A much longer answer " * 6}
-    cases = [(pairs, 256), ([long_pair, pairs[0]], 40)]  # max_length 40: the two prompts are cut differently
-    for model in (tiny[0], llama):
-        for batch_pairs, max_length in cases:
-            separate = encode_pairs_for_dpo(tokenizer, batch_pairs, max_length)
-            logps, mask = response_logprobs(model, **separate)
-            packed = encode_pairs_shared_prompt(tokenizer, batch_pairs, max_length)
-            chosen, rejected, n_chosen, n_rejected = shared_prompt_logprobs(model, packed)
-            n = len(batch_pairs)
-            assert torch.allclose(chosen, logps[:n].sum(-1), atol=1e-4)
-            assert torch.allclose(rejected, logps[n:].sum(-1), atol=1e-4)
-            assert torch.equal(n_chosen, mask[:n].sum(-1)) and torch.equal(n_rejected, mask[n:].sum(-1))
-    shared = encode_pairs_shared_prompt(tokenizer, pairs)
-    assert shared["input_ids"].numel() < encode_pairs_for_dpo(tokenizer, pairs)["input_ids"].numel()

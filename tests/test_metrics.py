@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from lab7_helpers import (distinct_n, encode_pair, implicit_reward_margins, pair_logprobs, preference_accuracy,
+from lab7_helpers.metrics import implicit_reward_margins
+from lab7_helpers.scoring import pair_logprobs
+from lab7_helpers import (distinct_n, encode_pair, preference_accuracy,
                           refusal_flag, repetition_score, reward_accuracy, sequence_logprobs)
 
 
@@ -72,7 +74,7 @@ def test_reward_accuracy(tiny, policy, tokenizer, pairs):
 
 
 def test_held_out_scores_match_pair_logprobs_and_response_kl(tiny, tokenizer, pairs, policy):
-    from lab7_helpers import response_nll_and_kl
+    from lab7_helpers import nll_and_kl
     from lab7_helpers.evaluation import held_out_scores
     from lab7_helpers.losses import kl_regularized_loss
 
@@ -84,9 +86,9 @@ def test_held_out_scores_match_pair_logprobs_and_response_kl(tiny, tokenizer, pa
             assert torch.allclose(scores[name][key].to(value.dtype), value, atol=1e-4), (name, key)
     assert ref_scores["chosen"].tolist() == scores["base"]["chosen"].tolist() and scores["base"]["kl"].eq(0).all()
     kl_per_token = (scores["policy"]["kl"].sum() / scores["policy"]["chosen_tokens"].sum()).item()
-    nll, kl = response_nll_and_kl(policy, ref, tokenizer, pairs)
+    nll, kl = nll_and_kl(policy, ref, tokenizer, pairs)
     assert kl_per_token == pytest.approx(kl, rel=1e-4) and kl > 0
-    # response_nll_and_kl (LM head on response positions only) against full-vocabulary logits everywhere
+    # nll_and_kl (LM head on response positions only) against full-vocabulary logits everywhere
     encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"]) for p in pairs]
     from lab7_helpers import pad_batch
     batch = pad_batch(encoded, tokenizer.pad_token_id)

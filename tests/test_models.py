@@ -1,8 +1,11 @@
 import pytest
 import torch
 
-from lab7_helpers import OFFLINE_MODELS, freeze, load_model, trainable_copy
-from lab7_helpers.models import cache_dir, tiny_gpt2, weights_on_disk
+from lab7_helpers.models import OFFLINE_MODELS
+from lab7_helpers import freeze, load_model, trainable_copy
+from lab7_helpers.engine.disk import weights_on_disk
+from lab7_helpers.models import tiny_gpt2
+from lab7_helpers.sources.offline_models import cache_dir
 
 
 def test_tiny_gpt2_is_seeded_and_leaves_the_global_rng_alone():
@@ -65,7 +68,7 @@ def test_weights_on_disk_frees_the_weights_and_brings_them_back_exactly(tiny, to
 def test_weights_on_disk_drops_the_pages_of_a_memory_mapped_model_without_copying(tiny, tokenizer, tmp_path):
     """A model loaded from safetensors points into a memory map of its file (smollm2-135m does); here the same
     situation is made with torch.load(mmap=True), independent of how a transformers version loads."""
-    from lab7_helpers.models import drop_file_pages
+    from lab7_helpers.engine.disk import drop_file_pages
 
     model = trainable_copy(tiny[0]).eval()
     params = dict(model.named_parameters())

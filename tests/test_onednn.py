@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from lab7_helpers import trainable_copy
-from lab7_helpers.onednn import OneDNNLinear, has_onednn_linear, onednn_linears
+from lab7_helpers.engine.onednn import OneDNNLinear, has_onednn_linear, onednn_linears
 
 needs_onednn = pytest.mark.skipif(not has_onednn_linear(), reason="this torch has no oneDNN linear")
 

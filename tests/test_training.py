@@ -80,7 +80,7 @@ def test_nan_loss_stops_training_with_a_clear_message(tiny, tokenizer, pairs):
 
 ALLOCATOR_CHECK = """
 import psutil, torch
-from lab7_helpers.cpu_memory import reuse_freed_memory
+from lab7_helpers.engine.memory import reuse_freed_memory
 MB, process = 2**20, psutil.Process()
 
 def rss_after_a_freed_64mb_block():
@@ -120,17 +120,18 @@ def test_train_kl_restores_the_reference_and_accepts_the_policy_as_reference(tin
     before = [p.clone() for p in ref.parameters()]
     train_kl(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, steps=2, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, ref.parameters()))  # back from disk, unchanged
-    policy = trainable_copy(ref)  # its reference logits are taken before the first update
+    policy = trainable_copy(ref)  # its own reference: the KL to itself is 0 at every step, the loss is the NLL
     history = train_kl(policy, policy, tokenizer, pairs, beta=1.0, lr=1e-3, steps=3, batch_size=3, progress=False)
-    assert history["kl"].iloc[0] == 0.0 and history["kl"].iloc[-1] > 0
+    assert (history["kl"] == 0.0).all() and (history["loss"] == history["nll"]).all()
 
 
 @pytest.mark.parametrize("make_model", ["tiny-gpt2", "llama"])
 def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model, tiny, tokenizer, pairs,
                                                                      tiny_llama):
-    from lab7_helpers.data import encode_pairs_shared_prompt
-    from lab7_helpers.scoring import shared_prompt_logprobs
-    from lab7_helpers.training import tied_embedding_gradient_in_place
+    from lab7_helpers.engine.packed import encode_pairs_shared_prompt, response_logits
+    from lab7_helpers.engine.step import tied_embedding_gradient_in_place
+    from lab7_helpers.losses import picked_logprobs
+    from lab7_helpers.scoring import sum_by_side
 
     # nn.Embedding gives the row of padding_idx no gradient from the input side (SmolLM2's is its EOS), and neither
     # may we: the Llama's padding_idx is a token of the first prompt, so that its row would get one.
@@ -144,7 +145,8 @@ def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model,
         embedding = policy.get_input_embeddings()
         with tied_embedding_gradient_in_place(policy) if in_place else contextlib.nullcontext():
             assert ("forward" in embedding.__dict__) is in_place
-            chosen, rejected, _, _ = shared_prompt_logprobs(policy, batch)
+            logits, targets, side = response_logits(policy, tokenizer, pairs)
+            chosen, rejected, _, _ = sum_by_side(picked_logprobs(logits, targets), side)
             (chosen - rejected).sum().backward()
         assert "forward" not in embedding.__dict__
         grads.append(embedding.weight.grad)
@@ -153,7 +155,7 @@ def test_tied_embedding_gradient_in_place_gives_the_default_gradient(make_model,
 
 
 def test_tied_embedding_gradient_in_place_leaves_untied_models_alone(tiny_llama):
-    from lab7_helpers.training import tied_embedding_gradient_in_place
+    from lab7_helpers.engine.step import tied_embedding_gradient_in_place
 
     untied = tiny_llama(num_hidden_layers=1)
     with tied_embedding_gradient_in_place(untied):
@@ -173,7 +175,8 @@ def test_optimizer_step_frees_the_gradients(tiny):
 
 @pytest.mark.parametrize("loss_scale", [1e-5, 100.0])  # gradient norm below and far above MAX_GRAD_NORM
 def test_clipped_step_equals_clip_grad_norm_then_step(tiny, loss_scale):
-    from lab7_helpers.training import MAX_GRAD_NORM, clipped_step, make_optimizer
+    from lab7_helpers.engine.step import clipped_step
+    from lab7_helpers.training import MAX_GRAD_NORM, make_optimizer
 
     input_ids = torch.tensor([[1, 2, 3, 4]])
     states = []
@@ -184,7 +187,7 @@ def test_clipped_step_equals_clip_grad_norm_then_step(tiny, loss_scale):
         (policy(input_ids=input_ids).logits.sum() * loss_scale).backward()
         params = list(policy.parameters())
         if fold_into_optimizer:
-            clipped_step(optimizer, params)
+            clipped_step(optimizer, params, MAX_GRAD_NORM)
             assert not hasattr(optimizer, "grad_scale")  # a later step (or GradScaler) must not see it
         else:
             norm = torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)

@@ -13,12 +13,14 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import BUNDLED_PAIRS, load_pairs, split_pairs
-from .evaluation import evaluate_models
-from .models import SMOLLM2, TINY_GPT2, freeze, load_model, trainable_copy, weights_on_disk
+from ..data import split_pairs
+from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
+from ..evaluation import evaluate_models
+from ..engine.disk import weights_on_disk
+from ..models import TINY_GPT2, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
-from .training import kl_beta_sweep, train_dpo, train_kl
+from ..training import kl_beta_sweep, train_dpo, train_kl
 
 
 @dataclass
@@ -106,7 +108,7 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
 
     models = {"base": ref, "kl": policy_kl, "dpo": policy_dpo}
     if settings.with_trl:
-        from .trl_dpo import train_dpo_trl
+        from ..trl_dpo import train_dpo_trl
 
         policy_trl = trainable_copy(ref)
         with weights_on_disk(policy_kl, policy_dpo):
@@ -128,49 +130,3 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
     save_generations(run["generations"], out / "generations.jsonl")
     finish("evaluation", metrics=plot_metrics(run["metrics"]))
     return run
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers within ``timeout`` seconds (False when HF_HUB_OFFLINE is set)."""
-    import os
-    import socket
-    from concurrent.futures import ThreadPoolExecutor
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
-        return False
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
-        pool.submit(lambda: socket.create_connection(("huggingface.co", 443), timeout=timeout).close()).result(
-            timeout + 1)
-        return True
-    except (OSError, FutureTimeout):
-        return False
-    finally:
-        pool.shutdown(wait=False)
-
-
-def in_hub_cache(name: str) -> bool:
-    """Whether the Hugging Face cache holds ``name``'s config (so it loads without the network)."""
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(name, "config.json"), str)
-
-
-def default_model() -> tuple[str, str]:
-    """``("gpt2", why)`` when GPT-2 is in the Hugging Face cache or the Hub answers within a few seconds,
-    else ``("smollm2-135m", why)``."""
-    if in_hub_cache("gpt2"):
-        return "gpt2", "found gpt2 in the Hugging Face cache"
-    if hub_reachable():
-        return "gpt2", "the Hugging Face Hub is reachable"
-    return SMOLLM2, "the Hugging Face Hub is not reachable from here"
-
-
-def check_model_available(name: str) -> str | None:
-    """None if ``name`` can be loaded now, else a message saying why not and what works offline."""
-    if name in (TINY_GPT2, SMOLLM2) or Path(name).is_dir() or in_hub_cache(name) or hub_reachable():
-        return None
-    return (f"cannot load the model {name!r}: it is not a local folder, not in the Hugging Face cache, and the "
-            f"Hub is not reachable. Offline, use --model smollm2-135m (a real small model) or --model tiny-gpt2 "
-            f"(random weights, for smoke tests), or a local folder with a model in safetensors format.")

@@ -10,7 +10,8 @@ import time
 import warnings
 from pathlib import Path
 
-from .run import LabSettings, check_model_available, default_model, run_lab
+from .hub import check_model_available, default_model
+from .run import LabSettings, run_lab
 
 DEFAULTS = LabSettings()
 
@@ -93,7 +94,7 @@ def quiet_libraries() -> None:
 
 def grade_command(args) -> int:
     """``lab7 grade``: 0 when every file was graded (whatever the grades), 2 for bad arguments or rubric."""
-    from .grading import DEFAULT_RUBRIC, Limits, grade
+    from ..grading.grade import DEFAULT_RUBRIC, Limits, grade
 
     missing = [p for p in args.submissions if not Path(p).exists()]
     if missing:

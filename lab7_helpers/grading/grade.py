@@ -1,5 +1,5 @@
 """``lab7 grade``: grade a class's notebooks. Each submission's TODO code runs in its own sandboxed process
-(``grade_worker``) with time, CPU and memory limits; Checkpoint answers are collected for manual grading."""
+(``worker``) with time, CPU and memory limits; Checkpoint answers are collected for manual grading."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report import save_csv, write_atomic
+from ..app.report import save_csv, write_atomic
 from .submissions import SubmissionError, read_submission
 
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
@@ -74,7 +74,7 @@ def run_checks(todos: dict[str, str], rubric: dict, limits: Limits) -> tuple[dic
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     with tempfile.TemporaryDirectory(prefix="lab7_grade_") as workdir:
         env["HOME"] = workdir
-        process = subprocess.Popen([sys.executable, "-m", "lab7_helpers.grade_worker"], cwd=workdir, env=env,
+        process = subprocess.Popen([sys.executable, "-m", "lab7_helpers.grading.worker"], cwd=workdir, env=env,
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    start_new_session=True, preexec_fn=_limit_resources(limits))
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluation import metric_descriptions
+from ..evaluation import metric_descriptions
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

@@ -1,0 +1,95 @@
+"""Models wait on disk while a stage does not use them: their memory is free meanwhile (CPU, Linux for the
+memory-map case)."""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import re
+import tempfile
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+
+@contextmanager
+def weights_on_disk(*models: torch.nn.Module) -> Iterator[None]:
+    """Keep the parameters of ``models`` on disk while the block runs; bring them back exactly after.
+
+    For models that the block does not use (the reference while DPO trains on precomputed reference
+    log-probs, the KL model while DPO trains): their memory is free meanwhile. Tied weights stay tied.
+    Weights that are still the untouched memory map of the model's safetensors file (a model as loaded, such
+    as the frozen reference) are on disk already: they are only dropped from memory (``drop_file_pages``) and
+    read back from the file when next used. Other weights are saved to a temporary file.
+    """
+    with tempfile.TemporaryDirectory(prefix="lab7_weights_") as folder:
+        parked = []
+        for i, model in enumerate(models):
+            if drop_file_pages(model):
+                continue
+            params = dict(model.named_parameters())  # each tied parameter once
+            path = Path(folder) / f"{i}.pt"
+            torch.save({name: p.detach() for name, p in params.items()}, path)
+            for p in params.values():
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+            parked.append((params, path))
+        try:
+            yield
+        finally:
+            for params, path in parked:
+                saved = torch.load(path, weights_only=True)
+                for name, p in params.items():
+                    p.data = saved[name]
+
+
+MADV_DONTNEED = 4  # from Linux's <sys/mman.h>
+_MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ (\d+)")
+
+
+def clean_file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's memory maps of files in which the process changed no page (Linux; else
+    none). Such pages can be dropped from memory at any time: the file (or the system's file cache, which
+    writes it) has their exact content. A changed page of a private map is copied into anonymous memory,
+    which smaps counts as ``Anonymous``."""
+    if platform.system() != "Linux":
+        return []
+    mappings: list[list] = []
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            header = _MAPPING.match(line)
+            if header:
+                start, end, inode = int(header[1], 16), int(header[2], 16), int(header[3])
+                mappings.append([start, end, inode != 0])  # inode 0: anonymous memory, not a file
+            elif line.startswith("Anonymous:") and int(line.split()[1]) > 0:
+                mappings[-1][2] = False  # a page was changed: only memory holds it now
+    return [(start, end) for start, end, clean in mappings if clean]
+
+
+def drop_file_pages(model: torch.nn.Module) -> bool:
+    """If every parameter of ``model`` lies in a clean memory map of a file (``clean_file_mappings``), let the
+    system drop those pages from memory now and return True; they are read back from the file when next used.
+    Otherwise change nothing and return False."""
+    params = [p for p in model.parameters() if p.numel()]
+    if not params or any(p.device.type != "cpu" for p in params):
+        return False
+    mappings, used = clean_file_mappings(), set()
+    for p in params:
+        start = p.data_ptr()
+        end = start + p.numel() * p.element_size()
+        mapping = next(((lo, hi) for lo, hi in mappings if lo <= start and end <= hi), None)
+        if mapping is None:
+            return False
+        used.add(mapping)
+    libc = ctypes.CDLL(None, use_errno=True)
+    return all(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0 for lo, hi in used)
+
+
+def unused_unless_shared(model: torch.nn.Module, others) -> object:
+    """``weights_on_disk(model)``, unless ``model`` shares weights with another of ``others`` (the same model
+    passed as policy and reference), which the block still uses."""
+    mine = {p.data_ptr() for p in model.parameters()}
+    others = [other for other in others if other is not model] + [model] * (sum(o is model for o in others) - 1)
+    shared = any(mine & {p.data_ptr() for p in other.parameters()} for other in others)
+    return nullcontext() if shared else weights_on_disk(model)

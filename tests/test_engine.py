@@ -1,0 +1,106 @@
+"""The speed engine gives the teaching core's numbers: each of its steps against the core's plain function,
+and the whole main job against its outputs from before the engine was split off."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lab7_helpers import engine, trainable_copy
+from lab7_helpers.app.cli import main
+from lab7_helpers.data import encode_pair, pad_batch
+from lab7_helpers.engine import packed
+from lab7_helpers.scoring import response_logits
+from lab7_helpers.training import make_optimizer, model_logits, optimizer_step
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden_tiny_run"
+
+
+def test_importing_the_package_changes_nothing_in_the_process():
+    code = """
+import os, sys, torch, torch.nn.functional as F
+env, linear, embedding, modules = dict(os.environ), F.linear, torch.nn.Embedding.forward, set(sys.modules)
+import lab7_helpers
+assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())
+assert F.linear is linear and torch.nn.Embedding.forward is embedding
+assert not [m for m in set(sys.modules) - modules if m.startswith("lab7_helpers.engine.")], "engine loaded"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("max_length", [256, 40])  # 40: the two prompts of a pair are cut differently
+@pytest.mark.parametrize("make_model", ["tiny-gpt2", "llama"])
+def test_packed_response_logits_equal_the_core(make_model, max_length, tiny, tokenizer, pairs, tiny_llama):
+    model = tiny[0] if make_model == "tiny-gpt2" else tiny_llama()
+    batch_pairs = [{"prompt": "word " * 40, "chosen": "Short.", "rejected": "A much longer answer " * 6}, *pairs]
+    with torch.no_grad():
+        core = response_logits(model, tokenizer, batch_pairs, max_length)
+        fast = packed.response_logits(model, tokenizer, batch_pairs, max_length)
+    assert torch.equal(core[2], fast[2]) and torch.equal(core[1], fast[1])  # same tokens, same layout
+    torch.testing.assert_close(fast[0], core[0], rtol=1e-5, atol=1e-5)
+
+
+def test_kl_logits_equal_the_core_where_the_labels_count(tiny, tokenizer, pairs):
+    batch = pad_batch([encode_pair(tokenizer, p["prompt"], p["chosen"]) for p in pairs], tokenizer.pad_token_id)
+    with torch.no_grad():
+        core, fast = model_logits(tiny[0], batch), packed.logits_at_responses(tiny[0], batch)
+    scored = torch.nn.functional.pad(batch["labels"][:, 1:] != -100, (0, 1), value=False)  # positions that predict
+    torch.testing.assert_close(fast[scored], core[scored], rtol=1e-5, atol=1e-5)
+    assert fast[~scored].eq(0).all()
+
+
+def test_engine_step_equals_the_core_step(tiny):
+    input_ids = torch.tensor([[1, 2, 3, 4]])
+    params = []
+    for use_engine in (True, False):
+        policy = trainable_copy(tiny[0])
+        optimizer = make_optimizer(policy, 1e-3)
+        with engine.session(policy, training=True) as fast:
+            loss = policy(input_ids=input_ids).logits.sum() * 100  # gradient norm far above the clip
+            (fast.step if use_engine else optimizer_step)(loss, optimizer, None)
+        assert all(p.grad is None for p in policy.parameters())
+        params.append([p.detach() for p in policy.parameters()])
+    for fast, core in zip(*params):
+        torch.testing.assert_close(fast, core, rtol=1e-5, atol=1e-6)
+
+
+def test_session_hands_out_the_core_steps_when_switched_off(tiny, monkeypatch):
+    from lab7_helpers.scoring import response_logits as core_response_logits
+
+    monkeypatch.setenv("LAB7_ENGINE", "0")
+    with engine.session(tiny[0], training=True) as fast:
+        assert fast.logits is model_logits and fast.step is optimizer_step
+        assert fast.response_logits is core_response_logits
+        assert "forward" not in tiny[0].lm_head.__dict__  # nothing patched
+
+
+def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
+    """``lab7 run`` on tiny-gpt2 writes the histories, metrics and generations it wrote before the redesign
+    (``tests/fixtures/golden_tiny_run``, from commit 190fed8): to the digits written, or within 1e-6 where the
+    sum order changed (the beta sweep's KL, about 2e-5 itself)."""
+    pairs = tmp_path / "pairs.jsonl"
+    from lab7_helpers import BUNDLED_PAIRS
+
+    pairs.write_text("".join(BUNDLED_PAIRS.read_text().splitlines(keepends=True)[::10]))  # 13 pairs
+    out = tmp_path / "run"
+    assert main(["run", "--model", "tiny-gpt2", "--kl-steps", "2", "--max-new-tokens", "4", "--device", "cpu",
+                 "--pairs", str(pairs), "--out", str(out), "--with-trl", "--kl-beta-sweep", "0,1",
+                 *ORIGINAL_SETTINGS]) == 0
+    for name in ["history_kl.csv", "history_dpo.csv", "history_dpo_trl.csv", "beta_sweep.csv", "metrics.csv"]:
+        golden, now = pd.read_csv(GOLDEN / name, index_col=0), pd.read_csv(out / name, index_col=0)
+        assert list(golden.index) == list(now.index), name
+        assert list(golden.columns) == [c for c in now.columns if c in golden.columns], name
+        assert np.allclose(now[golden.columns].to_numpy(float), golden.to_numpy(float), rtol=1e-5, atol=1e-6,
+                           equal_nan=True), name
+    lines = [json.loads(line) for line in (GOLDEN / "generations.jsonl").read_text().splitlines()]
+    assert [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()] == lines
+
+
+ORIGINAL_SETTINGS: list[str] = []  # the flags that select the original lab's settings, once defaults change
