@@ -67,8 +67,8 @@ def session(*models: torch.nn.Module, training: bool = False, decode_rows: int =
         return
     from . import disk, onednn, packed, step
 
-    # oneDNN keeps a compiled kernel per matrix shape, up to 1024; training meets a new shape at every sequence
-    # length, and 32 kept kernels cost no speed (benchmarks/README.md). oneDNN reads this when first used.
+    # oneDNN keeps a compiled kernel per matrix shape, up to 1024 by default; training meets a new shape at every
+    # sequence length, and the kept kernels grow memory (README.md, Performance). oneDNN reads this when first used.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
     with ExitStack() as stack:
         stack.enter_context(_memory(training))

@@ -1,8 +1,7 @@
 """Keep freed memory inside the process while a CPU loop runs, then hand it back to the system.
 
-By default glibc returns every large freed block (a 113 MB gradient, a layer's activations) to the kernel at
-once, so the next step asks for it again and pays a page fault per 4 KB page: on CPU that costs a training step
-of SmolLM2-135M about 15% of its time (about 80,000 page faults a step). Inside ``reuse_freed_memory`` freed
+By default glibc returns every large freed block (a gradient, a layer's activations) to the kernel at once, so
+the next step asks for it again and pays a page fault per 4 KB page (README.md, Performance, has the figures). Inside ``reuse_freed_memory`` freed
 blocks stay in the process and are reused; on the way out, ``malloc_trim`` returns what is no longer used, so
 the process does not keep its peak. Elsewhere (macOS, Windows, musl) it does nothing.
 """

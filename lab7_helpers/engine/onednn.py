@@ -2,7 +2,7 @@
 
 On CPU, PyTorch multiplies float32 matrices with MKL. For the shapes of this lab (a few dozen rows times a
 576 x 1536 weight in training, a handful of rows per new token in decoding) oneDNN, which PyTorch also ships,
-is faster: we measured 10-40% on the training shapes and 2x on the LM head. Both context managers below route a
+is faster (README.md, Performance, has the figures). Both context managers below route a
 model's linear layers (``nn.Linear``, and GPT-2's ``Conv1D``) through ``torch.ops.mkldnn._linear_pointwise``
 while the block runs; results agree with the plain path to float32 rounding. On a GPU, in half precision, or
 with a torch built without oneDNN they change nothing.
@@ -10,17 +10,12 @@ with a torch built without oneDNN they change nothing.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import torch
 from transformers.pytorch_utils import Conv1D
 
-# oneDNN compiles a kernel for each matrix shape it meets and keeps up to 1024 of them. Training meets new shapes
-# at every sequence length: over a DPO run the kept kernels grew memory by 0.15-0.2 GB. One step needs about ten;
-# 32 cost no speed. oneDNN reads this once, when it is first used.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
 
 def has_onednn_linear() -> bool:

@@ -26,10 +26,9 @@ def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Paramet
     where the optimizer is fused.
 
     Clipping multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``: a read and a write of the
-    whole gradient (0.5 GB for SmolLM2-135M) before the optimizer reads it again. A fused Adam/AdamW divides each
+    whole gradient before the optimizer reads it again. A fused Adam/AdamW divides each
     gradient by its ``grad_scale`` tensor as it reads it (the attribute ``torch.amp.GradScaler`` sets to unscale
-    fp16 gradients), so the clip factor goes there: the same update to float32 rounding, about 15 ms less per
-    CPU step. The gradients themselves are left unclipped.
+    fp16 gradients), so the clip factor goes there: the same update to float32 rounding, one pass over the gradients less. The gradients themselves are left unclipped.
     """
     if not optimizer.defaults.get("fused"):
         torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -49,10 +48,10 @@ def tied_embedding_gradient_in_place(model: torch.nn.Module) -> Iterator[None]:
     SmolLM2) adds its gradient, one row per input token, straight into the shared weight's ``.grad``.
 
     By default autograd builds the embedding's gradient as a dense ``[V, H]`` matrix of zeros with a few rows
-    filled in (113 MB for a 49k x 576 vocabulary; a sparse gradient avoids that), then adds it to the output
+    filled in (a sparse gradient avoids that), then adds it to the output
     layer's gradient of the same weight into a new ``[V, H]`` tensor. Here the rows are looked up in the detached
     weight and a hook on them adds their gradient into ``weight.grad`` with ``index_add_``: the same sum, with no
-    ``[V, H]`` temporary (about 0.15 GB less peak memory in training). As in ``nn.Embedding``, the row of
+    ``[V, H]`` temporary. As in ``nn.Embedding``, the row of
     ``padding_idx`` gets nothing from the input side. Untied models, and embeddings with ``max_norm``,
     ``scale_grad_by_freq`` or ``sparse``, keep the default.
     """
