@@ -8,7 +8,7 @@ FLOP/s (6 x params x tokens for the policy, 2 x params x tokens for the referenc
 fp32 matmul rate, measured in the same run.
 
 TRL runs through the lab's ``train_dpo_trl``, which keeps freed memory in the process as ``train_dpo`` does
-(``lab7_helpers/cpu_memory.py``), so the headline ratio compares the training loops alone. At batch 1 a third row
+(``lab7_helpers/engine/memory.py``), so the headline ratio compares the training loops alone. At batch 1 a third row
 runs TRL with glibc's default allocator behaviour: what TRL does outside the lab.
 
 Each row runs ``--rounds`` times (default 2; the second round in reverse order) and its fastest run counts: this
@@ -18,8 +18,8 @@ machine's speed drifts by 10-15% within minutes, which a single run per row turn
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
+import os
 import sys
 import time
 import warnings
@@ -54,7 +54,7 @@ def measure(trainer: str, model_name: str, n_pairs: int, batch_size: int) -> dic
     policy = lab.trainable_copy(ref)
     pairs = lab.split_pairs(lab.load_pairs(lab.BUNDLED_PAIRS))[0][:n_pairs]
     if trainer == TRL_AS_SHIPPED:
-        lab.trl_dpo.reuse_freed_memory = contextlib.nullcontext
+        os.environ["LAB7_ENGINE"] = "0"  # no engine, so no freed-memory reuse either
     train = partial(lab.train_dpo, progress=False) if trainer == OURS else lab.train_dpo_trl
     start = time.perf_counter()
     history = train(policy, ref, tokenizer, pairs, batch_size=batch_size)

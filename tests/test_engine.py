@@ -2,7 +2,6 @@
 and the whole main job against its outputs from before the engine was split off."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -37,12 +37,15 @@ class Steps:
     unused: Callable  # (model) -> context manager: the model is not used inside it
 
 
+def switched_off() -> bool:
+    """``LAB7_ENGINE=0`` turns the engine off: every session then hands out the core's steps and does nothing."""
+    return os.environ.get("LAB7_ENGINE", "1") == "0"
+
+
 def applies(*models: torch.nn.Module) -> bool:
-    """Whether the engine speeds up work on ``models``: float32 on a CPU, unless ``LAB7_ENGINE=0``."""
-    if os.environ.get("LAB7_ENGINE", "1") == "0":
-        return False
+    """Whether the engine speeds up work on ``models``: float32 on a CPU, unless switched off."""
     params = [next(m.parameters()) for m in models]
-    return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    return not switched_off() and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
 
 
 def core_steps() -> Steps:
@@ -62,7 +65,7 @@ def session(*models: torch.nn.Module, training: bool = False, decode_rows: int =
     the weights must not change inside). Sessions may nest.
     """
     if not models or not applies(*models):
-        with _memory(training and not models):
+        with _memory(training and not models and not switched_off()):
             yield core_steps()
         return
     from . import disk, onednn, packed, step
