@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -28,9 +29,15 @@ def default_device() -> str:
 
 def mixed_precision_dtype(device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for training on ``device``: bf16 on a CUDA GPU that supports it (A100, H100, L4),
-    fp16 on an older one (Colab's T4), None (plain float32) on CPU."""
+    fp16 on an older one (Colab's T4), None (plain float32) on CPU. ``LAB7_PRECISION=fp16`` (or ``bf16``,
+    ``fp32``) chooses on a GPU, e.g. to check the T4's fp16 path on a newer card."""
     if torch.device(device).type != "cuda":
         return None
+    chosen = os.environ.get("LAB7_PRECISION")
+    if chosen:
+        if chosen not in ("fp16", "bf16", "fp32"):
+            raise ValueError(f"LAB7_PRECISION must be fp16, bf16 or fp32, not {chosen!r}")
+        return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[chosen]
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 

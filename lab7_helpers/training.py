@@ -146,7 +146,8 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     optimizer = make_optimizer(policy, lr)
     rows = []
     with engine.session(policy, ref, training=True) as fast:
-        ref_scores = pair_logprobs(ref, tokenizer, pairs, max_length=max_length, progress=progress)  # [N] each
+        with amp():  # the same precision as the policy's, so that step 1 compares equals (loss log 2)
+            ref_scores = pair_logprobs(ref, tokenizer, pairs, max_length=max_length, progress=progress)  # [N] each
         policy.train()
         schedule = batches(len(pairs), batch_size, epochs * math.ceil(len(pairs) / batch_size), seed)
         with fast.unused(ref):
