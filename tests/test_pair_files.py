@@ -204,8 +204,8 @@ def test_a_json_object_without_exactly_one_list_is_one_sentence(tmp_path, docume
 
 
 @pytest.mark.parametrize("content", [
-    jsonl({"question": "q", "good": "a", "bad": "b"}, {"question": "q2", "good": "a", "bad": "b"}),
-    "question,good,bad\nq,a,b\n",
+    jsonl({"question": "q", "good": "a", "bad": "b"}, {"question": "q2", "good": "a", "bad": "b", "label": "A"}),
+    "question,good,bad\nq,a,b\nno commas here\n",
     json.dumps([{"question": "q", "good": "a", "bad": "b"}], indent=2),
 ])
 def test_unknown_shape_is_one_sentence_naming_the_keys_and_the_shapes_understood(tmp_path, content):
@@ -226,7 +226,7 @@ def test_delimited_text_is_sniffed_and_bad_rows_are_named_by_line(tmp_path, deli
     content = buffer.getvalue() + f"s{delimiter}a{delimiter}b{delimiter}extra\n"
     path = write(tmp_path, content, "pairs.csv")
     assert error_of(path).problems == [f'{path}:4: field "Chosen" is empty',
-                                       f"{path}:6: has 4 fields but the header has 3; a text holding the "
+                                       f"{path}:6: has 4 field(s) but the header has 3; a text holding the "
                                        "delimiter must be in double quotes"]
     assert load_quietly(path, on_error="skip")[0] == [
         {"prompt": "p, with a comma", "chosen": "multi\nline", "rejected": "bad"},
@@ -285,8 +285,8 @@ def test_windows_1252_lines_are_named_with_how_to_convert(tmp_path):
     error = error_of(path)
     assert error.problems == [f"{path}:2: not valid UTF-8 (byte 0xe9 at column 4)",
                               f"{path}:4: not valid UTF-8 (byte 0xef at column 3)"]
-    assert str(error).endswith("These lines look like Windows-1252 (Latin-1) text: save the file as UTF-8 "
-                               '(Excel: CSV UTF-8), or convert it with iconv -f WINDOWS-1252 -t UTF-8 "pairs.csv" '
+    assert str(error).endswith("The lines that are not UTF-8 look like Windows-1252 (Latin-1) text: save the "
+                               'file as UTF-8 (Excel: CSV UTF-8), or convert it with iconv -f WINDOWS-1252 -t UTF-8 "pairs.csv" '
                                '> "pairs_utf8.csv"')
     assert load_quietly(path, on_error="skip")[0] == [{"prompt": "q", "chosen": "yes", "rejected": "no"}]
 
@@ -310,3 +310,17 @@ def test_a_folder_is_not_a_file(tmp_path):
         load_pairs(tmp_path)
     assert str(info.value) == (f"{tmp_path} is a folder, not a file: give the path of the pairs file in it "
                                "(it holds dpo_pairs.jsonl)")
+
+
+def test_pretty_printed_rows_one_after_another_all_load(tmp_path):
+    rows = [GOOD, {"prompt": "q", "chosen": "yes"}, {"prompt": "r", "chosen": "yes", "rejected": "no"}]
+    path = write(tmp_path, "".join(json.dumps(row, indent=2) + "\n" for row in rows), "pairs.json")
+    assert error_of(path).problems == [f'{path}:6: missing field "rejected"']
+    assert load_quietly(path, on_error="skip")[0] == [GOOD, {"prompt": "r", "chosen": "yes", "rejected": "no"}]
+
+
+def test_python_dicts_instead_of_json_say_so(tmp_path):
+    path = write(tmp_path, str(GOOD) + "\n" + json.dumps(GOOD) + "\n")
+    assert error_of(path).problems == [f"{path}:1: not valid JSON (Expecting property name enclosed in double "
+                                       "quotes at column 2); it looks like a Python dict: write rows with "
+                                       "json.dumps(row), not str(row)"]

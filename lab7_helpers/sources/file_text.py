@@ -84,5 +84,6 @@ def read_text(path: Path) -> tuple[str, dict[int, str], str]:
         data.decode("cp1252")
     except UnicodeDecodeError:
         return text, undecodable, "The file is not UTF-8 text: open it in an editor and save it as UTF-8."
-    return text, undecodable, ("These lines look like Windows-1252 (Latin-1) text: save the file as UTF-8 "
+    return text, undecodable, ("The lines that are not UTF-8 look like Windows-1252 (Latin-1) text: save the file as "
+                               "UTF-8 "
                                f"(Excel: CSV UTF-8), or convert it with {_convert_command(path, 'WINDOWS-1252')}")

@@ -15,7 +15,7 @@ from ..data import FIELDS
 RESPONSE_KEYS = (("response_a", "response_b"), ("response1", "response2"), ("response_1", "response_2"))
 PREFERENCE_KEYS = ("preference", "preferred", "winner", "label", "choice")
 TIE_WORDS = frozenset({"tie", "draw", "equal", "same", "both", "neither"})
-ROW_KEYS = frozenset({"chosen", "rejected", *PREFERENCE_KEYS, *(key for keys in RESPONSE_KEYS for key in keys)})
+ROW_KEYS = frozenset({"chosen", "rejected", *(key for keys in RESPONSE_KEYS for key in keys)})  # any one: a row
 SHAPES_UNDERSTOOD = ('each row needs "prompt", "chosen" and "rejected" (text, or TRL conversational messages), '
                      'or "prompt", two responses (response_A/response_B, response_a/response_b or '
                      'response1/response2) and a "preference" (A, B or tie), in JSONL, JSON, or CSV/TSV with a '
@@ -38,6 +38,10 @@ def normalise_key(key: Any) -> str:
 def is_row(keys: Any) -> bool:
     """Whether these keys (of a row, or of a JSON object that might be one row) belong to a pairs row."""
     return any(normalise_key(key) in ROW_KEYS for key in keys)
+
+
+def is_known_key(key: Any) -> bool:
+    return normalise_key(key) in ROW_KEYS or normalise_key(key) in ("prompt", "tie", *PREFERENCE_KEYS)
 
 
 def unknown_shape(keys: list[str]) -> str:
@@ -126,9 +130,8 @@ def _choice(value: Any) -> int | None:
 
 def _full_record_pair(fields: dict[str, tuple[str, Any]], names: tuple[str, str], tie: bool) -> dict[str, str]:
     """Lab 6's full record: a prompt, two responses and which one the student preferred."""
-    present = [fields[name][0] if name in fields else "" for name in names]
-    written = [spelled or (_sibling(other) if other else default)
-               for spelled, other, default in zip(present, reversed(present), ("response_A", "response_B"))]
+    present = [fields[name][0] if name in fields else "" for name in names]  # at least one is there
+    written = [spelled or _sibling(other) for spelled, other in zip(present, reversed(present))]
     prompt = _text(fields, "prompt", "user")
     responses = [_text(fields, name, "assistant", spelled) for name, spelled in zip(names, written)]
     if tie:
@@ -164,8 +167,6 @@ def read_row(row: Any) -> tuple[dict[str, str], bool]:
     for names in RESPONSE_KEYS:
         if any(name in fields for name in names):
             return _full_record_pair(fields, names, tie), tie
-    if _preference(fields) is not None:
-        return _full_record_pair(fields, ("response_a", "response_b"), tie), tie
     missing = [f'"{name}"' for name in FIELDS if name not in fields]
     found = f" (found {', '.join(json.dumps(key, ensure_ascii=False) for key, _ in fields.values())})"
     plural = "s" if len(missing) > 1 else ""

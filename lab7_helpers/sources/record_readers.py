@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .file_text import WholeFileProblem
-from .pair_shapes import is_row, normalise_key, unknown_shape
+from .pair_shapes import is_known_key, is_row, unknown_shape
 
 DELIMITERS = ("\t", ",", ";", "|")
 _JSON_STRUCTURE = re.compile(r'["\\\[\]{}]')
@@ -39,8 +39,9 @@ def parse_json(snippet: str, first_line: int | None = None) -> tuple[Any, str]:
         return json.loads(snippet), ""
     except json.JSONDecodeError as err:
         line = "" if first_line is None else f"line {first_line + err.lineno - 1}, "
-        where = f"{line}column {err.colno}"
-        return None, f"not valid JSON ({err.msg} at {where})"
+        python = "; it looks like a Python dict: write rows with json.dumps(row), not str(row)" \
+            if snippet.lstrip().startswith("{'") else ""
+        return None, f"not valid JSON ({err.msg} at {line}column {err.colno}){python}"
     except RecursionError:
         return None, "nested too deeply to read (a row is one flat object of texts)"
     except ValueError as err:  # Python refuses to read integers of more than 4300 digits
@@ -93,6 +94,16 @@ def _value_end(text: str, start: int) -> int:
     return -1
 
 
+def _value_record(text: str, start: int, lines: _Lines, label: str = "") -> tuple[Record, int]:
+    """The JSON value starting at ``start`` as a record, and where it ends (-1 if it is never closed)."""
+    line, end = lines.at(start), _value_end(text, start)
+    if end < 0:
+        return Record(line, range(line, lines.count + 1), label=label,
+                      problem="never closed (a missing } or ]), so the rest of the file is unread"), -1
+    value, problem = parse_json(text[start:end], line)
+    return Record(line, range(line, lines.at(end - 1) + 1), value, problem, label), end
+
+
 def _list_records(text: str, start: int, lines: _Lines, of: str = "") -> tuple[list[Record], int]:
     """The elements of the JSON list opening at ``start``, each parsed on its own (a bad element does not hide
     the next one). Returns them and where the list ends (-1 if it is never closed)."""
@@ -100,25 +111,34 @@ def _list_records(text: str, start: int, lines: _Lines, of: str = "") -> tuple[l
     position, count = _skip_space(text, start + 1), 0
     while position < len(text) and text[position] != "]":
         count += 1
-        line, where = lines.at(position), f"element {count}{of}"
-        end = _value_end(text, position)
+        label = f"element {count}{of}"
+        record, end = _value_record(text, position, lines, label)
+        records.append(record)
         if end < 0:
-            records.append(Record(line, range(line, lines.count + 1), label=where,
-                                  problem="never closed (a missing } or ]), so the rest of the file is unread"))
             return records, -1
-        value, problem = parse_json(text[position:end], line)
-        records.append(Record(line, range(line, lines.at(end - 1) + 1), value, problem, where))
         position = _skip_space(text, end)
         if text.startswith(",", position):
             position = _skip_space(text, position + 1)
         elif position < len(text) and text[position] != "]":
-            records.append(Record(lines.at(end - 1), range(0), label=where,
+            records.append(Record(lines.at(end - 1), range(0), label=label,
                                   problem="missing a comma after this element"))
     if position >= len(text):
-        line = lines.at(start)
-        records.append(Record(line, range(0), problem="the list opened here is never closed with ]"))
+        records.append(Record(lines.at(start), range(0), problem="the list opened here is never closed with ]"))
         return records, -1
     return records, position + 1
+
+
+def _object_records(text: str, start: int, lines: _Lines) -> tuple[list[Record], int]:
+    """One row, or rows written one after another as pretty-printed objects (``json.dump`` in a loop)."""
+    records: list[Record] = []
+    position = start
+    while text.startswith("{", position):
+        record, end = _value_record(text, position, lines)
+        records.append(record)
+        if end < 0:
+            return records, -1
+        position = _skip_space(text, end)
+    return records, position
 
 
 def _object_members(text: str, start: int, lines: _Lines) -> dict[str, int]:
@@ -156,9 +176,7 @@ def _json_document_records(text: str, start: int) -> list[Record]:
     else:
         members = _object_members(text, start, lines)
         if is_row(members):
-            end = _value_end(text, start)
-            value, problem = parse_json(text[start:end], lines.at(start))
-            records = [Record(lines.at(start), range(lines.at(start), lines.at(end - 1) + 1), value, problem)]
+            records, end = _object_records(text, start, lines)
         else:
             lists = [key for key, value_start in members.items() if text.startswith("[", value_start)]
             if len(lists) != 1:
@@ -169,7 +187,7 @@ def _json_document_records(text: str, start: int) -> list[Record]:
                 raise WholeFileProblem(unknown_shape(list(members)))
             records, _ = _list_records(text, members[lists[0]], lines, f' of "{lists[0]}"')
             end = _value_end(text, start)
-    if end > 0 and text[end:].strip():
+    if end >= 0 and text[end:].strip():
         extra = _skip_space(text, end)
         records.append(Record(lines.at(extra), range(0), problem="more text after the JSON document ends "
                                                                  "(two documents in one file?)"))
@@ -194,7 +212,7 @@ def _delimited_records(text: str, header: str) -> list[Record]:
     fields (then: the most fields). Quoted fields may hold delimiters and line breaks."""
     def score(delimiter: str) -> tuple[int, int]:
         fields = _header_fields(header, delimiter)
-        return sum(is_row([field]) or normalise_key(field) == "prompt" for field in fields), len(fields)
+        return sum(map(is_known_key, fields)), len(fields)
 
     delimiter = max(DELIMITERS, key=score)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
@@ -219,9 +237,11 @@ def _delimited_records(text: str, header: str) -> list[Record]:
         lines = range(first, previous_end + 1)
         if names is None:
             names = [name.strip() for name in fields]
+            if not any(map(is_known_key, names)):
+                raise WholeFileProblem(unknown_shape(names))
         elif len(fields) != len(names):
             quote = "; a text holding the delimiter must be in double quotes" if len(fields) > len(names) else ""
-            records.append(Record(first, lines, problem=f"has {len(fields)} fields but the header has "
+            records.append(Record(first, lines, problem=f"has {len(fields)} field(s) but the header has "
                                                         f"{len(names)}{quote}"))
         else:
             records.append(Record(first, lines, dict(zip(names, fields))))
