@@ -15,6 +15,7 @@ from .record_readers import read_records
 
 MAX_LISTED = 10  # problems spelled out in an error; the rest are counted
 
+
 def _sample_data_dir() -> Path:
     """The bundled data: inside the package when installed from a wheel (Colab), ``data/`` in a checkout."""
     installed = Path(__file__).resolve().parent.parent / "sample_data"
