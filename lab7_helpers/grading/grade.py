@@ -121,22 +121,24 @@ class Worker:
                                         pass_fds=fds, start_new_session=True,
                                         preexec_fn=_limit_resources(limits))
 
-    def request(self, message: dict, seconds: float | None = None) -> dict:
-        """Send one request; the reply as a dict, or WorkerFailed (also for every request after a failure)."""
+    def request(self, message: dict | None, seconds: float | None = None) -> dict:
+        """Send one request (None: just read, for the worker's first line); the reply as a dict, or WorkerFailed
+        (also for every request after a failure). ``seconds`` bounds this reply, the wall limit all of them."""
         if self.problem:
             raise WorkerFailed(self.problem)
         deadline = min(self.deadline, time.monotonic() + seconds) if seconds else self.deadline
         try:
-            self.process.stdin.write(json.dumps(message).encode() + b"\n")
-            self.process.stdin.flush()
+            if message is not None:
+                self.process.stdin.write(json.dumps(message).encode() + b"\n")
+                self.process.stdin.flush()
             line = self._read_line(deadline)
             reply = json.loads(line)
             if not isinstance(reply, dict):
                 raise ValueError("not a JSON object")
             return reply
         except TimeoutError:
-            self._fail(f"stopped after {self.limits.wall_seconds} s (an endless loop?)"
-                       if deadline == self.deadline else f"a function ran longer than {seconds:g} s (an endless loop?)")
+            self._fail(f"stopped after {self.limits.wall_seconds} s (an endless loop?)" if deadline == self.deadline
+                       else f"stopped: it ran longer than {seconds:g} s (an endless loop?)")
         except EOFError:
             self._fail(self._crash_reason())
         except OSError:
@@ -318,8 +320,10 @@ def run_checks(todos: dict[str, str], rubric: dict, limits: Limits, sandboxed: b
     worker = Worker(limits, sandboxed)
     results: dict[str, dict] = {}
     try:
-        reply = worker.request({"todos": {t: code for t, code in todos.items() if t in wanted},
-                                "todo_timeout": limits.todo_seconds})
+        worker.request(None)  # "ready": the imports are done
+        sent = {t: code for t, code in todos.items() if t in wanted}
+        reply = worker.request({"todos": sent, "todo_timeout": limits.todo_seconds},
+                               limits.todo_seconds * len(sent) + 2)
         errors = reply.get("todos")
         if not isinstance(errors, dict):
             raise WorkerFailed("its output could not be read (no TODO results)")
@@ -417,7 +421,8 @@ def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC,
         sandbox.check_available()
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(lambda f: grade_submission(f, rubric, limits, sandboxed), files), total=len(files),
+        rows = list(tqdm(pool.map(lambda f: grade_submission(f, rubric, limits, sandboxed), files),
+                         total=len(files),
                          desc="grading", unit="notebook", disable=not progress))
     grades = pd.DataFrame([g for g, _ in rows]).set_index("student")
     answers = pd.DataFrame([a for _, a in rows]).set_index("student")

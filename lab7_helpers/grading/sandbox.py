@@ -75,7 +75,7 @@ def _read_only_mounts() -> list[str]:
             args += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime"):  # the dynamic loader's list, the time zone
+    for name in ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime"):  # the loader's list, the time zone
         if Path("/etc", name).exists():
             args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     roots = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages())}

@@ -1,6 +1,7 @@
 """Runs one submission's TODO code inside the sandbox (started by ``lab7 grade``, never by hand). It only computes.
 
-The grader talks to it in JSON lines, one request on stdin, one reply on stdout:
+The grader talks to it in JSON lines, one request on stdin, one reply on stdout. It says ``{"ready": true}`` once
+its imports are done (so that the TODO cells' time limit does not include importing torch), then:
 1. ``{"todos": {todo_id: code}, "todo_timeout": seconds}``: run each TODO cell in the notebook's namespace;
    reply ``{"todos": {todo_id: null or "the TODO cell raised ..."}}``.
 2. ``{"get": name}``: reply ``{"value": <encoded value of that name>}``;
@@ -27,7 +28,6 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 
 import lab7_helpers as lab
 from lab7_helpers import checks
@@ -65,14 +65,16 @@ def encode(value, depth: int = 0):
             raise Unencodable(f"a tensor of {value.numel()} {value.dtype} values")
         data = value.detach().cpu()
         data = data.double() if data.is_floating_point() else data  # float64 holds every float16/bfloat16/float32
-        return {"tensor": data.flatten().tolist(), "dtype": str(value.dtype), "shape": list(value.shape), "requires_grad": value.requires_grad}
+        return {"tensor": data.flatten().tolist(), "dtype": str(value.dtype), "shape": list(value.shape),
+                "requires_grad": value.requires_grad}
     if isinstance(value, (list, tuple)):
         if len(value) > MAX_ITEMS:
             raise Unencodable(f"a {type(value).__name__} of {len(value)} items")
         return {type(value).__name__: [encode(v, depth + 1) for v in value]}
     if isinstance(value, dict):
         return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]}
-    if isinstance(value, Dataset):
+    datasets = sys.modules.get("datasets")  # imported only when a TODO cell uses it
+    if datasets is not None and isinstance(value, datasets.Dataset):
         if len(value) > MAX_ITEMS:
             raise Unencodable(f"a dataset of {len(value)} rows")
         return {"dataset": {"columns": list(value.column_names),
@@ -110,11 +112,16 @@ def with_gradients(result, inputs: list[torch.Tensor]):
     return encoded
 
 
-def grading_namespace() -> dict:
+def grading_namespace(codes) -> dict:
     """What the notebook defines before the TODO cells, with small fixed pairs in place of the student's."""
     train_pairs = [dict(p) for p in checks.GRADING_PAIRS]
-    return {"__name__": "__main__", "lab": lab, "torch": torch, "Dataset": Dataset, "os": os, "sys": sys,
-            "train_pairs": train_pairs, "test_pairs": train_pairs[:2]}
+    namespace = {"__name__": "__main__", "lab": lab, "torch": torch, "os": os, "sys": sys,
+                 "train_pairs": train_pairs, "test_pairs": train_pairs[:2]}
+    if any("Dataset" in code for code in codes):  # importing datasets takes 1-2 s: only for cells that use it
+        from datasets import Dataset
+
+        namespace["Dataset"] = Dataset
+    return namespace
 
 
 def install_audit_hook(workdir: Path) -> None:
@@ -159,10 +166,11 @@ def main() -> None:
     def on_timeout(signum, frame):
         raise TimeoutError(f"it ran longer than {timeout} s (an endless loop?)")
 
+    reply({"ready": True})
     first = json.loads(protocol_in.readline())
     timeout = int(first["todo_timeout"])
     signal.signal(signal.SIGALRM, on_timeout)
-    namespace = grading_namespace()
+    namespace = grading_namespace(first["todos"].values())
     install_audit_hook(Path.cwd())
     errors: dict[str, str | None] = {}
     for todo, code in first["todos"].items():
