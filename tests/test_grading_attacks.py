@@ -240,7 +240,8 @@ def test_a_hang_or_a_flood_costs_one_row_with_a_reason(attacked):
     assert grades.loc["ignores_alarm", "status"] == "incomplete"
     # 4 TODO cells x 2 s (+ 2 s), not the 60 s wall limit
     assert "longer than 10 s" in grades.loc["ignores_alarm", "problem"]
-    assert "more than 8 MB of output" in grades.loc["output_flood", "problem"]
+    # a reply of more than 8 MB, or (when the TODO's 2 s ran out mid-write) junk before the reply
+    assert "its output could not be read" in grades.loc["output_flood", "problem"]
     for attack in ("child_keeps_stdout", "fork_exec_detached"):  # no process was created, so none to wait for
         assert "endless loop" not in grades.loc[attack, "problem"], grades.loc[attack]
 

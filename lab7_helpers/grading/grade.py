@@ -103,7 +103,7 @@ class Worker:
     def __init__(self, limits: Limits, sandboxed: bool):
         self.limits, self.problem = limits, ""
         self.deadline = time.monotonic() + limits.wall_seconds
-        self._buffer = b""
+        self._buffer = bytearray()
         self._stderr = tempfile.TemporaryFile()
         module = ["-m", "lab7_helpers.grading.worker"]
         if sandboxed:
@@ -148,18 +148,20 @@ class Worker:
         raise WorkerFailed(self.problem)
 
     def _read_line(self, deadline: float) -> bytes:
-        stdout = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
+        stdout, searched = self.process.stdout.fileno(), 0
+        while (end := self._buffer.find(b"\n", searched)) < 0:
             if len(self._buffer) > MAX_REPLY_BYTES:
-                raise ValueError(f"more than {MAX_REPLY_BYTES // 2**20} MB of output")
+                raise ValueError(f"more than {MAX_REPLY_BYTES // 2**20} MB in one reply")
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([stdout], [], [], left)[0]:
                 raise TimeoutError
             chunk = os.read(stdout, 1 << 16)
             if not chunk:
                 raise EOFError
+            searched = len(self._buffer)
             self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
         return line
 
     def _fail(self, problem: str) -> None:
