@@ -1,6 +1,7 @@
 """A class of submissions built from the solution notebook, graded in sandboxed processes."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from lab7_helpers.grading.submissions import read_submission
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
 FULL_MARKS = 11
+SANDBOXED = shutil.which("bwrap") is not None  # CI installs bubblewrap; without it, grade as --no-sandbox does
 
 
 def submission(**changes) -> dict:
@@ -57,7 +59,8 @@ def graded(tmp_path_factory):
         (folder / f"{name}.ipynb").write_text(json.dumps(notebook))
     (folder / "henry_notebook.ipynb").write_text("this is not a notebook")
     started = time.time()
-    grades = grade([str(folder)], folder / "out", limits=Limits(wall_seconds=60, todo_seconds=3), progress=False)
+    grades = grade([str(folder)], folder / "out", limits=Limits(wall_seconds=60, todo_seconds=3), progress=False,
+                   sandboxed=SANDBOXED)
     return folder, grades, time.time() - started
 
 
@@ -107,7 +110,8 @@ def test_exported_answers_file_is_graded_like_the_notebook(tmp_path):
     notebook.write_text(json.dumps(submission()))
     exported = export_answers(tmp_path / "alice.json", notebook_path=notebook)
     assert read_submission(exported) == read_submission(notebook)
-    assert main(["grade", str(exported), "--out", str(tmp_path / "out")]) == 0
+    sandbox_flag = [] if SANDBOXED else ["--no-sandbox"]
+    assert main(["grade", str(exported), "--out", str(tmp_path / "out"), *sandbox_flag]) == 0
     grades = pd.read_csv(tmp_path / "out" / "grades.csv", index_col="student")
     assert grades.loc["alice", "total"] == FULL_MARKS
 
@@ -132,3 +136,18 @@ def test_bad_rubric_is_a_clear_error(tmp_path):
     bad.write_text('[checks.kl-loss]\ntitle = "x"\n')
     with pytest.raises(ValueError, match=r"\[checks.kl-loss\] needs todo, points"):
         load_rubric(bad)
+
+
+def test_grade_without_bubblewrap_refuses_or_warns(tmp_path, monkeypatch, capsys):
+    from lab7_helpers.grading import sandbox
+
+    notebook = tmp_path / "alice.ipynb"
+    notebook.write_text(json.dumps(submission()))
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    assert main(["grade", str(notebook), "--out", str(tmp_path / "out")]) == 2
+    assert "`bwrap` is not installed: install it (`sudo apt install bubblewrap`" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["grade", str(notebook), "--out", str(tmp_path / "out"), "--no-sandbox"]) == 0
+    assert "WARNING: --no-sandbox" in capsys.readouterr().err
+    grades = pd.read_csv(tmp_path / "out" / "grades.csv", index_col="student")
+    assert grades.loc["alice", "total"] == FULL_MARKS

@@ -1,27 +1,51 @@
-"""``lab7 grade``: grade a class's notebooks. Each submission's TODO code runs in its own sandboxed process
-(``worker``) with time, CPU and memory limits; Checkpoint answers are collected for manual grading."""
+"""``lab7 grade``: grade a class's notebooks; Checkpoint answers are collected for manual grading.
+
+Each submission's TODO code runs in its own bubblewrap sandbox (``sandbox.py``), where ``worker`` only computes: it
+runs the TODO cells, then calls the student's functions on inputs chosen here and returns plain JSON. The judging
+happens in this process: ``JUDGES`` runs the notebook's own self-checks (``lab7_helpers.checks``) with the
+student's functions standing in as ``RemoteFunction``s, and each check's points are capped by the rubric.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
+import math
 import os
 import resource
-import secrets
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
+import torch
 
+from .. import checks
 from ..app.report import save_csv, write_atomic
+from . import sandbox
 from .submissions import SubmissionError, read_submission
+from .worker import DTYPES, encode
 
+# check id -> (the self-check, the names in the student's namespace it is given, in order; then the points).
+JUDGES: dict[str, tuple[Callable, tuple[str, ...]]] = {
+    "kl-loss": (checks.check_kl_loss, ("my_kl_regularized_loss",)),
+    "sequence-logprobs": (checks.check_sequence_logprobs, ("my_sequence_logprobs",)),
+    "dpo-loss": (checks.check_dpo_loss, ("my_dpo_loss",)),
+    # the grader's own pairs, not the student's train_pairs (which the TODO cell could change)
+    "dpo-dataset": (lambda dataset, points: checks.check_dpo_dataset(dataset, checks.GRADING_PAIRS, points),
+                    ("train_ds_dpo",)),
+    "refusal-phrases": (checks.check_refusal_phrases, ("REFUSAL_PHRASES",)),
+}
+MAX_REPLY_BYTES = 8 * 2**20  # one reply from a worker; more is a flood that costs that submission
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
 
 
@@ -49,6 +73,11 @@ def load_rubric(path: str | Path = DEFAULT_RUBRIC) -> dict:
                 raise ValueError(f"{path}: [{section}.{key}] needs {', '.join(missing)}")
     if not rubric.get("checks"):
         raise ValueError(f"{path}: the rubric has no [checks.*] sections")
+    for key, item in rubric["checks"].items():
+        if key not in JUDGES:
+            raise ValueError(f"{path}: [checks.{key}] is not an automatic check (known: {', '.join(JUDGES)})")
+        if not isinstance(item["points"], (int, float)) or item["points"] < 0:
+            raise ValueError(f"{path}: [checks.{key}] points must be a number >= 0")
     return rubric
 
 
@@ -59,37 +88,259 @@ def _limit_resources(limits: Limits):
         resource.setrlimit(resource.RLIMIT_CPU, (limits.wall_seconds, limits.wall_seconds + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * 2**20,) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
     return apply
 
 
-def run_checks(todos: dict[str, str], rubric: dict, limits: Limits) -> tuple[dict[str, dict], str]:
-    """Run ``todos`` in a fresh sandboxed worker. Returns (results by check id, problem or "")."""
-    token = secrets.token_hex(16)
-    checks = {cid: {"todo": c["todo"], "points": c["points"]} for cid, c in rubric["checks"].items()}
-    request = {"token": token, "todos": {t: todos[t] for t in dict.fromkeys(c["todo"] for c in checks.values())
-                                         if t in todos}, "checks": checks, "todo_timeout": limits.todo_seconds}
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONDONTWRITEBYTECODE": "1"}
-    if "PYTHONPATH" in os.environ:
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    with tempfile.TemporaryDirectory(prefix="lab7_grade_") as workdir:
-        env["HOME"] = workdir
-        process = subprocess.Popen([sys.executable, "-m", "lab7_helpers.grading.worker"], cwd=workdir, env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   start_new_session=True, preexec_fn=_limit_resources(limits))
+class WorkerFailed(Exception):
+    """The submission's process crashed, hung, flooded its output or broke the protocol (the reason is the
+    message; it costs that submission, never the class)."""
+
+
+class Worker:
+    """One submission's sandboxed process, spoken to in JSON lines with a deadline and a size cap on each reply."""
+
+    def __init__(self, limits: Limits, sandboxed: bool):
+        self.limits, self.problem = limits, ""
+        self.deadline = time.monotonic() + limits.wall_seconds
+        self._buffer = bytearray()
+        self._stderr = tempfile.TemporaryFile()
+        module = ["-m", "lab7_helpers.grading.worker"]
+        if sandboxed:
+            self._seccomp = sandbox.seccomp_file()
+            fds = [self._seccomp.fileno()] if self._seccomp else []
+            argv, env, self._workdir = sandbox.command(module, fds[0] if fds else None), sandbox.environment(), None
+        else:
+            self._seccomp, fds = None, []
+            self._workdir = tempfile.TemporaryDirectory(prefix="lab7_grade_")
+            env = {**sandbox.environment(), "HOME": self._workdir.name,
+                   "PYTHONPATH": str(Path(sandbox.lab7_helpers.__file__).resolve().parents[1])}
+            argv = [sys.executable, "-s", *module]
+        self.process = subprocess.Popen(argv, env=env, cwd=self._workdir.name if self._workdir else None,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                        pass_fds=fds, start_new_session=True,
+                                        preexec_fn=_limit_resources(limits))
+
+    def request(self, message: dict | None, seconds: float | None = None) -> dict:
+        """Send one request (None: just read, for the worker's first line); the reply as a dict, or WorkerFailed
+        (also for every request after a failure). ``seconds`` bounds this reply, the wall limit all of them."""
+        if self.problem:
+            raise WorkerFailed(self.problem)
+        deadline = min(self.deadline, time.monotonic() + seconds) if seconds else self.deadline
         try:
-            stdout, stderr = process.communicate(json.dumps(request), timeout=limits.wall_seconds)
-            problem = "" if process.returncode == 0 else _crash_reason(process.returncode, stderr)
+            if message is not None:
+                self.process.stdin.write(json.dumps(message).encode() + b"\n")
+                self.process.stdin.flush()
+            line = self._read_line(deadline)
+            reply = json.loads(line)
+            if not isinstance(reply, dict):
+                raise ValueError("not a JSON object")
+            return reply
+        except TimeoutError:
+            self._fail(f"stopped after {self.limits.wall_seconds} s (an endless loop?)" if deadline == self.deadline
+                       else f"stopped: it ran longer than {seconds:g} s (an endless loop?)")
+        except EOFError:
+            self._fail(self._crash_reason())
+        except OSError:
+            self._fail(self._crash_reason() if self.process.poll() is not None else "it closed its input")
+        except ValueError as err:  # json.JSONDecodeError and the size cap
+            self._fail(f"its output could not be read ({str(err)[:80]})")
+        raise WorkerFailed(self.problem)
+
+    def _read_line(self, deadline: float) -> bytes:
+        stdout, searched = self.process.stdout.fileno(), 0
+        while (end := self._buffer.find(b"\n", searched)) < 0:
+            if len(self._buffer) > MAX_REPLY_BYTES:
+                raise ValueError(f"more than {MAX_REPLY_BYTES // 2**20} MB in one reply")
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([stdout], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(stdout, 1 << 16)
+            if not chunk:
+                raise EOFError
+            searched = len(self._buffer)
+            self._buffer += chunk
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end + 1]
+        return line
+
+    def _fail(self, problem: str) -> None:
+        self.problem = problem
+        self.close()
+
+    def _crash_reason(self) -> str:
+        try:
+            code = self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, _ = process.communicate()
-            problem = f"stopped after {limits.wall_seconds} s (an endless loop?)"
-    results = {}
-    for line in stdout.splitlines():
-        if line.startswith(token + " "):
-            result = json.loads(line[len(token) + 1:])
-            results[result["check"]] = result
-    return results, problem
+            return "it stopped answering"
+        self._stderr.seek(max(0, self._stderr.seek(0, os.SEEK_END) - 4096))
+        return _crash_reason(code, self._stderr.read().decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        """Kill the whole process group (in the sandbox, everything in its PID namespace dies with it)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for handle in (self.process.stdin, self.process.stdout, self._stderr, self._seccomp):
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.close()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+
+
+class RemoteFunction:
+    """A student's function as the checks see it: called on the grader's inputs, computed in the sandbox.
+
+    Returned tensors are rebuilt here. A scalar that needs a gradient comes with its gradient for each input, and
+    is rebuilt as ``value + sum((x * g).sum() - (x * g).sum().detach())``: the same value, and ``backward()``
+    gives each input ``x`` the gradient ``g`` the student's code produced.
+    """
+
+    def __init__(self, worker: Worker, name: str):
+        self.worker, self.__name__ = worker, name
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError(f"{self.__name__}() is called with positional arguments only")
+        inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+        reply = self.worker.request({"call": self.__name__, "args": [encode(a) for a in args]},
+                                    self.worker.limits.todo_seconds + 2)
+        return decode_reply(reply, inputs)
+
+
+class Rows:
+    """A student's dataset as data: column names and rows, read-only (what the dataset check looks at)."""
+
+    def __init__(self, columns: list[str], rows: list[dict]):
+        self.column_names, self._rows = columns, rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self._rows[index]
+
+
+class Opaque:
+    """A value the protocol does not carry (a module, a class instance): any check fails on it with a hint."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}>"
+
+
+def raised(kind: str, message: str) -> Exception:
+    """The student's exception, rebuilt under its own type name so that hints read ``TypeError: ...``."""
+    name = kind if isinstance(kind, str) and kind.isidentifier() and len(kind) <= 40 else "Exception"
+    return type(name, (Exception,), {})(str(message)[:300])
+
+
+def decode_reply(reply: dict, inputs: list[torch.Tensor] = (), worker: Worker | None = None):
+    """The value in a worker's reply; its error re-raised; anything malformed is WorkerFailed."""
+    if "error" in reply:
+        error = reply["error"]
+        if not (isinstance(error, list) and len(error) == 2):
+            raise WorkerFailed("its output could not be read (a malformed error)")
+        raise raised(*error)
+    if "value" not in reply:
+        raise WorkerFailed("its output could not be read (no value)")
+    try:
+        return decode(reply["value"], inputs, worker)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+        raise WorkerFailed(f"its output could not be read ({type(err).__name__})") from None
+
+
+def decode(item, inputs=(), worker: Worker | None = None, depth: int = 0):
+    """Rebuild a value from ``worker.encode``'s form; raises (KeyError, TypeError, ValueError) on anything else."""
+    if depth > 10:
+        raise ValueError("nested too deeply")
+    if item is None or isinstance(item, (bool, int, float, str)):
+        return item
+    if not isinstance(item, dict):
+        raise TypeError("not an encoded value")
+    if "tensor" in item:
+        tensor = _tensor(item)
+        if item["requires_grad"] is True and tensor.is_floating_point():
+            pairs = [(x, _tensor(g)) for x, g in zip(inputs, item.get("grads") or []) if g is not None]
+            if any(x.shape != g.shape for x, g in pairs):
+                raise ValueError("a gradient of the wrong shape")
+            links = [(x * g).sum() - (x * g).sum().detach() for x, g in pairs]
+            return tensor + sum(links).to(tensor.dtype) if links else tensor.requires_grad_(True)
+        return tensor
+    (kind, value), = item.items()
+    if kind == "ellipsis":
+        return Ellipsis
+    if kind in ("list", "tuple"):
+        return (list if kind == "list" else tuple)(decode(v, inputs, worker, depth + 1) for v in value)
+    if kind == "dict":
+        return {decode(k, (), None, depth + 1): decode(v, (), None, depth + 1) for k, v in value}
+    if kind == "dataset":
+        rows = [decode(r, (), None, depth + 1) for r in value["rows"]]
+        if not all(isinstance(r, dict) for r in rows) or not all(isinstance(c, str) for c in value["columns"]):
+            raise TypeError("a malformed dataset")
+        return Rows(list(value["columns"]), rows)
+    if kind == "function" and worker is not None:
+        return RemoteFunction(worker, str(value))
+    if kind in ("function", "object"):
+        return Opaque(str(value)[:40])
+    raise TypeError(f"unknown kind {kind[:20]!r}")
+
+
+def _tensor(item: dict) -> torch.Tensor:
+    shape = [int(n) for n in item["shape"]]
+    values = item["tensor"]
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values) or \
+            len(values) != math.prod(shape):
+        raise ValueError("a malformed tensor")
+    return torch.tensor(values, dtype=DTYPES[item["dtype"]]).reshape(shape)
+
+
+def _judge(check_id: str, check: dict, worker: Worker) -> dict:
+    """Run the grader's own check on the student's values; points capped by the rubric."""
+    function, names = JUDGES[check_id]
+    values = []
+    for name in names:
+        try:
+            values.append(decode_reply(worker.request({"get": name}, worker.limits.todo_seconds + 2), (), worker))
+        except WorkerFailed:
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. the TODO cell did not define the name
+            return {"points": 0.0, "hint": f"your code raised {checks.describe_error(err)}"}
+    result = function(*values, check["points"])  # a check never raises: errors become its hint
+    if worker.problem:
+        raise WorkerFailed(worker.problem)
+    points = min(float(result.points), float(check["points"])) if result.passed is True else 0.0
+    return {"points": max(points, 0.0), "hint": " ".join(str(result.hint).split())[:300]}
+
+
+def run_checks(todos: dict[str, str], rubric: dict, limits: Limits, sandboxed: bool = True) -> tuple[dict, str]:
+    """Run ``todos`` in a fresh sandboxed worker and judge them here. Returns (results by check id, problem)."""
+    wanted = {c["todo"] for c in rubric["checks"].values()}
+    worker = Worker(limits, sandboxed)
+    results: dict[str, dict] = {}
+    try:
+        worker.request(None)  # "ready": the imports are done
+        sent = {t: code for t, code in todos.items() if t in wanted}
+        reply = worker.request({"todos": sent, "todo_timeout": limits.todo_seconds},
+                               limits.todo_seconds * len(sent) + 2)
+        errors = reply.get("todos")
+        if not isinstance(errors, dict):
+            raise WorkerFailed("its output could not be read (no TODO results)")
+        for cid, check in rubric["checks"].items():
+            if check["todo"] not in todos:
+                results[cid] = {"points": 0.0, "hint": "TODO cell not found"}
+            elif errors.get(check["todo"]):
+                results[cid] = {"points": 0.0, "hint": str(errors[check["todo"]])[:300]}
+            else:
+                results[cid] = _judge(cid, check, worker)
+    except WorkerFailed as err:
+        return results, str(err)
+    finally:
+        worker.close()
+    return results, ""
 
 
 def _crash_reason(code: int, stderr: str) -> str:
@@ -103,32 +354,47 @@ def _crash_reason(code: int, stderr: str) -> str:
     return f"crashed: {last[0][:200]}"
 
 
-def grade_submission(path: Path, rubric: dict, limits: Limits) -> tuple[dict, dict]:
-    """One row of grades.csv and one of answers.csv for the file at ``path``."""
+def _read_work(path: Path) -> dict:
+    """The submission's TODO code and answers, checked to be text (SubmissionError otherwise)."""
+    try:
+        work = read_submission(path)
+    except SubmissionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - odd metadata or fields of the wrong type in one file
+        raise SubmissionError(f"cannot read its TODO cells or answers ({checks.describe_error(err)})") from None
+    todos = work.get("todos")
+    if not isinstance(todos, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in todos.items()):
+        raise SubmissionError("its TODO cells are not text (a changed notebook or answers file?)")
+    return work
+
+
+def grade_submission(path: Path, rubric: dict, limits: Limits, sandboxed: bool = True) -> tuple[dict, dict]:
+    """One row of grades.csv and one of answers.csv for the file at ``path``; never raises."""
     grades: dict = {"student": path.stem, "file": str(path), "status": "graded", "problem": ""}
     answers: dict = {"student": path.stem}
     try:
-        work = read_submission(path)
+        work = _read_work(path)
     except SubmissionError as err:
         work, grades["status"], grades["problem"] = {"todos": {}, "answers": {}}, "not graded", str(err)
-    results, problem = run_checks(work["todos"], rubric, limits) if work["todos"] else ({}, "")
+    try:
+        results, problem = run_checks(work["todos"], rubric, limits, sandboxed) if work["todos"] else ({}, "")
+    except Exception as err:  # noqa: BLE001 - a grader-side failure on this file must not stop the class
+        results, problem = {}, f"could not be graded ({checks.describe_error(err)[:200]})"
     if problem:
         grades["status"], grades["problem"] = "incomplete", problem
     elif grades["status"] == "graded" and not work["todos"]:
         grades["status"], grades["problem"] = "not graded", "no TODO cells found in the notebook"
     total = 0.0
     for cid, check in rubric["checks"].items():
-        result = results.get(cid)
-        if result is None:
-            reason = problem or ("TODO cell not found" if check["todo"] not in work["todos"] else "not checked")
-            result = {"points": 0, "hint": reason}
+        result = results.get(cid) or {"points": 0.0, "hint": grades["problem"] or "not checked"}
         grades[f"{cid} points"] = result["points"]
         grades[f"{cid} hint"] = result["hint"]
         total += result["points"]
     grades["total"] = total
     grades["max"] = sum(c["points"] for c in rubric["checks"].values())
+    answers_found = work.get("answers") if isinstance(work.get("answers"), dict) else {}
     for key in rubric.get("checkpoints", {}):
-        answers[key] = work["answers"].get(key, "")
+        answers[key] = answers_found.get(key, "")
     return grades, answers
 
 
@@ -141,17 +407,24 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC, limits: Limits = Limits(),
-          workers: int = 2, progress: bool = True) -> pd.DataFrame:
-    """Grade every submission; write ``grades.csv``, ``answers.csv`` and ``grading.html`` into ``out``."""
+          workers: int = 2, progress: bool = True, sandboxed: bool = True) -> pd.DataFrame:
+    """Grade every submission; write ``grades.csv``, ``answers.csv`` and ``grading.html`` into ``out``.
+
+    ``sandboxed=False`` runs the students' code without bubblewrap (only the audit hook and the limits): for a
+    class you trust. ValueError (one sentence) when bubblewrap is needed but missing, or for a bad rubric.
+    """
     from tqdm.auto import tqdm
 
     rubric = load_rubric(rubric_path)
     files = expand(paths)
     if not files:
         raise ValueError("no submissions found (give .ipynb or .json files, or folders holding them)")
+    if sandboxed:
+        sandbox.check_available()
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(lambda f: grade_submission(f, rubric, limits), files), total=len(files),
+        rows = list(tqdm(pool.map(lambda f: grade_submission(f, rubric, limits, sandboxed), files),
+                         total=len(files),
                          desc="grading", unit="notebook", disable=not progress))
     grades = pd.DataFrame([g for g, _ in rows]).set_index("student")
     answers = pd.DataFrame([a for _, a in rows]).set_index("student")
