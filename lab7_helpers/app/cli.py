@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--rubric", default=None, help="your copy of the rubric (default: the bundled rubric.toml)")
     grade.add_argument("--timeout", type=positive_int, default=120, help="seconds per submission")
     grade.add_argument("--memory-gb", type=positive, default=4.0, help="memory limit per submission")
+    grade.add_argument("--manual", type=Path, default=None, metavar="scores.csv",
+                       help="Checkpoint points exported from grading.html, merged into grades.csv")
     return parser
 
 
@@ -96,17 +98,20 @@ def grade_command(args) -> int:
     """``lab7 grade``: 0 when every file was graded (whatever the grades), 2 for bad arguments or rubric."""
     from ..grading.grade import DEFAULT_RUBRIC, Limits, grade
 
-    missing = [p for p in args.submissions if not Path(p).exists()]
+    missing = [p for p in args.submissions + ([str(args.manual)] if args.manual else []) if not Path(p).exists()]
     if missing:
         print(f"lab7: error: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     limits = Limits(wall_seconds=args.timeout, memory_gb=args.memory_gb)
     try:
-        grades = grade(args.submissions, args.out, args.rubric or DEFAULT_RUBRIC, limits)
+        grades = grade(args.submissions, args.out, args.rubric or DEFAULT_RUBRIC, limits, manual=args.manual)
     except ValueError as err:
         print(f"lab7: error: {err}", file=sys.stderr)
         return 2
     print(grades[["status", "total", "max", "problem"]].to_string())
+    unscored = grades["not graded by hand"].astype(bool).sum() if "not graded by hand" in grades else 0
+    if unscored:
+        print(f"\n{unscored} students have Checkpoints without manual points (column 'not graded by hand').")
     print(f"\nGrades: {args.out / 'grades.csv'}\nAnswers: {args.out / 'answers.csv'}\n"
           f"For manual grading: {args.out / 'grading.html'}")
     return 0
