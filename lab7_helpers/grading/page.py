@@ -63,7 +63,9 @@ SCRIPT = r"""
       if (next) next.focus();
     });
   }
-  document.querySelectorAll("input.points, textarea.comment").forEach((el) => el.addEventListener("input", () => save(el)));
+  for (const el of document.querySelectorAll("input.points, textarea.comment")) {
+    el.addEventListener("input", () => save(el));
+  }
   const quote = (v) => /[",\r\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
   // The CSV that "Export CSV" downloads; also callable from scripts (the tests use it).
   window.lab7ScoresCsv = function () {
@@ -106,7 +108,7 @@ def _student_section(student: str, row: pd.Series, answers: pd.Series, rubric: d
     rows = []
     for key, checkpoint in rubric.get("checkpoints", {}).items():
         text, how = str(answers.get(key, "")), str(answers.get(f"{key} found", ""))
-        shown = (f"{esc(text)}<span class='how'>found by {esc(how)}</span>" if text
+        shown = (f"{esc(text)}<span class='how'>found: {esc(how)}</span>" if text
                  else "<span class='empty'>(empty)</span>")
         label = f"{student}, {key}: points out of {checkpoint['points']:g}"
         rows.append(
@@ -130,7 +132,7 @@ def render_grading(grades: pd.DataFrame, answers: pd.DataFrame, rubric: dict, st
     ``storage_key`` names where the browser keeps the scores (the output folder: one class, one key)."""
     esc = html.escape
     summary = grades[["status", "problem", "total", "max"]].rename(
-        columns={"total": "automatic", "max": "of"}).to_html(border=0, classes="table")
+        columns={"total": "automatic", "max": "of"}).to_html(border=0, classes="table", index_names=False)
     sections = "".join(_student_section(str(student), row, answers.loc[student], rubric)
                        for student, row in grades.iterrows())
     storage = esc(f"lab7-grading {storage_key}", quote=True)
