@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--memory-gb", type=positive, default=4.0, help="memory limit per submission")
     grade.add_argument("--no-sandbox", action="store_true",
                        help="run the students' code without bubblewrap (only for a class you trust)")
+    grade.add_argument("--manual", type=Path, default=None, metavar="scores.csv",
+                       help="Checkpoint points exported from grading.html, merged into grades.csv")
     return parser
 
 
@@ -98,7 +100,7 @@ def grade_command(args) -> int:
     """``lab7 grade``: 0 when every file was graded (whatever the grades), 2 for bad arguments or rubric."""
     from ..grading.grade import DEFAULT_RUBRIC, Limits, grade
 
-    missing = [p for p in args.submissions if not Path(p).exists()]
+    missing = [p for p in args.submissions + ([str(args.manual)] if args.manual else []) if not Path(p).exists()]
     if missing:
         print(f"lab7: error: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -109,11 +111,14 @@ def grade_command(args) -> int:
               file=sys.stderr)
     try:
         grades = grade(args.submissions, args.out, args.rubric or DEFAULT_RUBRIC, limits,
-                       sandboxed=not args.no_sandbox)
+                       sandboxed=not args.no_sandbox, manual=args.manual)
     except ValueError as err:
         print(f"lab7: error: {err}", file=sys.stderr)
         return 2
     print(grades[["status", "total", "max", "problem"]].to_string())
+    unscored = grades["not graded by hand"].astype(bool).sum() if "not graded by hand" in grades else 0
+    if unscored:
+        print(f"\n{unscored} students have Checkpoints without manual points (column 'not graded by hand').")
     print(f"\nGrades: {args.out / 'grades.csv'}\nAnswers: {args.out / 'answers.csv'}\n"
           f"For manual grading: {args.out / 'grading.html'}")
     return 0

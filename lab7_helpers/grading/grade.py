@@ -9,7 +9,6 @@ student's functions standing in as ``RemoteFunction``s, and each check's points 
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import math
 import os
@@ -32,7 +31,9 @@ import torch
 from .. import checks
 from ..app.report import save_csv, write_atomic
 from . import sandbox
-from .submissions import SubmissionError, read_submission
+from .manual import merge_scores, read_scores
+from .page import render_grading
+from .submissions import Handin, answer_problems, collect
 from .worker import DTYPES, encode
 
 # check id -> (the self-check, the names in the student's namespace it is given, in order; then the points).
@@ -47,6 +48,11 @@ JUDGES: dict[str, tuple[Callable, tuple[str, ...]]] = {
 }
 MAX_REPLY_BYTES = 8 * 2**20  # one reply from a worker; more is a flood that costs that submission
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
+LAB_PROBLEMS = {  # the status of a file that is not this course's Lab 7, and what the instructor can do
+    "original lab 7": "this is the original Lab 7 notebook, whose TODOs and Checkpoints differ from this course's: "
+                      "grade it by hand, or ask the student to redo it in the course's notebook",
+    "not lab 7": "no Lab 7 TODO cell or Checkpoint question in this notebook (another lab's notebook?)",
+}
 
 
 @dataclass
@@ -354,28 +360,16 @@ def _crash_reason(code: int, stderr: str) -> str:
     return f"crashed: {last[0][:200]}"
 
 
-def _read_work(path: Path) -> dict:
-    """The submission's TODO code and answers, checked to be text (SubmissionError otherwise)."""
-    try:
-        work = read_submission(path)
-    except SubmissionError:
-        raise
-    except Exception as err:  # noqa: BLE001 - odd metadata or fields of the wrong type in one file
-        raise SubmissionError(f"cannot read its TODO cells or answers ({checks.describe_error(err)})") from None
-    todos = work.get("todos")
-    if not isinstance(todos, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in todos.items()):
-        raise SubmissionError("its TODO cells are not text (a changed notebook or answers file?)")
-    return work
-
-
-def grade_submission(path: Path, rubric: dict, limits: Limits, sandboxed: bool = True) -> tuple[dict, dict]:
-    """One row of grades.csv and one of answers.csv for the file at ``path``; never raises."""
-    grades: dict = {"student": path.stem, "file": str(path), "status": "graded", "problem": ""}
-    answers: dict = {"student": path.stem}
-    try:
-        work = _read_work(path)
-    except SubmissionError as err:
-        work, grades["status"], grades["problem"] = {"todos": {}, "answers": {}}, "not graded", str(err)
+def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool = True) -> tuple[dict, dict]:
+    """One row of grades.csv and one of answers.csv for one student's hand-in; never raises."""
+    grades: dict = {"student": handin.student, "file": str(handin.path), "status": "graded", "problem": "",
+                    "set aside": "; ".join(handin.set_aside)}
+    answers: dict = {"student": handin.student}
+    work = handin.work or {"lab": "not graded", "todos": {}, "todo_notes": {}, "answers": {}, "found": {},
+                           "unplaced": []}
+    if handin.work is None or work["lab"] != "lab 7":
+        grades["status"], grades["problem"] = work["lab"], handin.problem or LAB_PROBLEMS[work["lab"]]
+        work["todos"] = {}
     try:
         results, problem = run_checks(work["todos"], rubric, limits, sandboxed) if work["todos"] else ({}, "")
     except Exception as err:  # noqa: BLE001 - a grader-side failure on this file must not stop the class
@@ -384,17 +378,26 @@ def grade_submission(path: Path, rubric: dict, limits: Limits, sandboxed: bool =
         grades["status"], grades["problem"] = "incomplete", problem
     elif grades["status"] == "graded" and not work["todos"]:
         grades["status"], grades["problem"] = "not graded", "no TODO cells found in the notebook"
+    missing, unplaced = answer_problems(work, rubric)
+    if grades["status"] == "graded" and missing:
+        grades["status"] = "answers missing"
+    grades["problem"] = "; ".join(p for p in (grades["problem"], missing, unplaced) if p)
     total = 0.0
     for cid, check in rubric["checks"].items():
-        result = results.get(cid) or {"points": 0.0, "hint": grades["problem"] or "not checked"}
+        result = results.get(cid)
+        if result is None:
+            reason = problem or ("TODO cell not found" if check["todo"] not in work["todos"] else "not checked")
+            result = {"points": 0, "hint": reason}
+        notes = work["todo_notes"].get(check["todo"], []) if result["points"] < check["points"] else []
         grades[f"{cid} points"] = result["points"]
-        grades[f"{cid} hint"] = result["hint"]
+        grades[f"{cid} hint"] = " ".join([result["hint"], *(f"(The TODO {n}.)" for n in notes)]).strip()
         total += result["points"]
     grades["total"] = total
     grades["max"] = sum(c["points"] for c in rubric["checks"].values())
-    answers_found = work.get("answers") if isinstance(work.get("answers"), dict) else {}
     for key in rubric.get("checkpoints", {}):
-        answers[key] = answers_found.get(key, "")
+        answers[key] = work["answers"].get(key, "")
+        answers[f"{key} found"] = work["found"].get(key, "")
+    answers["unplaced"] = "\n\n".join(work["unplaced"])
     return grades, answers
 
 
@@ -407,8 +410,10 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC, limits: Limits = Limits(),
-          workers: int = 2, progress: bool = True, sandboxed: bool = True) -> pd.DataFrame:
-    """Grade every submission; write ``grades.csv``, ``answers.csv`` and ``grading.html`` into ``out``.
+          workers: int = 2, progress: bool = True, sandboxed: bool = True,
+          manual: str | Path | None = None) -> pd.DataFrame:
+    """Grade every student (one row each); write ``grades.csv``, ``answers.csv`` and ``grading.html`` into
+    ``out``. ``manual``: a ``scores.csv`` exported from grading.html, merged into grades.csv.
 
     ``sandboxed=False`` runs the students' code without bubblewrap (only the audit hook and the limits): for a
     class you trust. ValueError (one sentence) when bubblewrap is needed but missing, or for a bad rubric.
@@ -416,46 +421,21 @@ def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC,
     from tqdm.auto import tqdm
 
     rubric = load_rubric(rubric_path)
-    files = expand(paths)
-    if not files:
+    scores = read_scores(manual, rubric) if manual else None  # a bad file fails before the long grading run
+    handins = collect(expand(paths), list(rubric.get("checkpoints", {})))
+    if not handins:
         raise ValueError("no submissions found (give .ipynb or .json files, or folders holding them)")
     if sandboxed:
         sandbox.check_available()
     out.mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(lambda f: grade_submission(f, rubric, limits, sandboxed), files),
-                         total=len(files),
-                         desc="grading", unit="notebook", disable=not progress))
+        rows = list(tqdm(pool.map(lambda h: grade_submission(h, rubric, limits, sandboxed), handins),
+                         total=len(handins), desc="grading", unit="student", disable=not progress))
     grades = pd.DataFrame([g for g, _ in rows]).set_index("student")
     answers = pd.DataFrame([a for _, a in rows]).set_index("student")
+    if scores is not None:
+        grades = merge_scores(grades, scores, rubric, manual)
     save_csv(grades, out / "grades.csv")
     save_csv(answers, out / "answers.csv")
-    write_atomic(out / "grading.html", render_grading(grades, answers, rubric))
+    write_atomic(out / "grading.html", render_grading(grades, answers, rubric, storage_key=str(out.resolve())))
     return grades
-
-
-def render_grading(grades: pd.DataFrame, answers: pd.DataFrame, rubric: dict) -> str:
-    """One page: a summary table, then each student's check results and answers next to the rubric."""
-    esc = html.escape
-    summary = grades[["status", "problem", "total", "max"]].to_html(border=0, classes="table")
-    parts = ["<h1>Lab 7 grading</h1>", summary]
-    for student, row in grades.iterrows():
-        parts.append(f"<h2 id='{esc(str(student))}'>{esc(str(student))}: {row['total']:g} / {row['max']:g} "
-                     f"(automatic)</h2>")
-        if row["problem"]:
-            parts.append(f"<p class='problem'>{esc(row['problem'])}</p>")
-        parts.append("<table class='table'><tr><th>check</th><th>points</th><th>hint</th></tr>" + "".join(
-            f"<tr><td>{esc(c['title'])}</td><td>{row[f'{cid} points']:g} / {c['points']:g}</td>"
-            f"<td>{esc(str(row[f'{cid} hint']))}</td></tr>" for cid, c in rubric["checks"].items()) + "</table>")
-        parts.append("<table class='table'><tr><th>Checkpoint</th><th>answer</th><th>a full answer</th>"
-                     "<th>points</th></tr>" + "".join(
-                         f"<tr><td>{esc(c['question'])}</td><td class='answer'>"
-                         f"{esc(str(answers.loc[student, key])) or '<em>(empty)</em>'}</td>"
-                         f"<td>{esc(c.get('full_answer', ''))}</td><td>__ / {c['points']:g}</td></tr>"
-                         for key, c in rubric.get("checkpoints", {}).items()) + "</table>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             ".table{border-collapse:collapse;font-size:14px;margin:1em 0}.table td,.table th{border:1px solid #ccc;"
-             "padding:4px 8px;vertical-align:top}.answer{white-space:pre-wrap;max-width:420px}"
-             ".problem{color:#b00020}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lab 7 grading</title><style>{style}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")

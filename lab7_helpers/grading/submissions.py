@@ -1,22 +1,48 @@
 """A student's work as data: the code of each TODO cell and the text of each Checkpoint answer.
 
-Read from a submitted notebook (``.ipynb``) or from the answers file a student exported with
-``export_answers()`` (``.json``). Cells are found by the ids the notebook gives them (``todo`` and
-``checkpoint`` metadata); if a tool stripped the metadata, TODO cells are recognised by what they define.
+Read from a submitted notebook (``.ipynb``, as Colab, Jupyter or VS Code save it; the JSON is read directly, so a
+file that ``nbformat.validate`` rejects still counts) or from the answers file a student exported with
+``export_answers()`` (``.json``).
+
+- **TODO cells**: the cell with ``todo`` metadata; without it, the last code cell that defines what the TODO
+  defines (``TODO_DEFINES``). Names the TODO uses that the student defined in cells of their own (an extra import,
+  a helper function) come along, so the TODO grades as it runs in the notebook: only statements that just define
+  (imports, ``def``, ``class``, assignments without calls), never code that trains or computes.
+- **Checkpoint answers**: the answer cell's ``checkpoint`` metadata first; when it is missing or empty, by
+  position: the text the student added under the question (``questions.json`` holds the notebook's questions),
+  in the question cell itself or in the markdown cells after it, up to the next question, heading, code cell or
+  text of the lab's own. Questions are matched word by word, so small edits still match. The placeholder
+  (``ANSWER_PROMPT``) never counts. Each answer records how it was found; student text that belongs to no question
+  is kept in ``unplaced``.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
 import json
+import re
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from functools import cache
 from pathlib import Path
 
 ANSWER_PROMPT = "*Your answer:*"
-TODO_MARKERS = {  # fallback when metadata is gone: what each TODO cell defines
-    "kl-loss": "def my_kl_regularized_loss",
-    "dpo-by-hand": "def my_dpo_loss",
-    "dpo-dataset": "train_ds_dpo",
-    "refusal-phrases": "REFUSAL_PHRASES",
+PROMPTS = (ANSWER_PROMPT, "Your answer:", "*Your answer*")  # the placeholder, also as students half-delete it
+TODO_DEFINES = {  # without metadata a TODO cell is recognised by what it defines; the checks need all of these
+    "kl-loss": ("my_kl_regularized_loss",),
+    "dpo-by-hand": ("my_sequence_logprobs", "my_dpo_loss"),
+    "dpo-dataset": ("train_ds_dpo", "eval_ds_dpo"),
+    "refusal-phrases": ("REFUSAL_PHRASES",),
 }
+# What the grader's worker defines before it runs the TODO cells (worker.grading_namespace; a test keeps them equal)
+PROVIDED_NAMES = frozenset({"lab", "torch", "Dataset", "os", "sys", "train_pairs", "test_pairs"})
+# Only the original Lab 7 notebook (before this course's version) has these
+ORIGINAL_LAB7_MARKERS = ("def kl_tokenwise", "def load_dpo_jsonl", "## Optimizing GPT-2 with KL Regularization")
+QUESTIONS_FILE = Path(__file__).with_name("questions.json")
+MATCH = 0.8  # word-level similarity for "the same question" (and 0.9 for "the lab's own text")
+LAB_TEXT_MATCH = 0.9
+NAME_PLACEHOLDERS = {"", "...", "your name", "your name here", "first last", "firstname lastname"}
 
 
 class SubmissionError(ValueError):
@@ -27,35 +53,258 @@ def _text(source) -> str:
     return "".join(source) if isinstance(source, list) else str(source or "")
 
 
-def extract(notebook: dict) -> dict:
-    """``{"todos": {todo_id: code}, "answers": {checkpoint_id: text}}`` from a notebook's JSON (as a dict)."""
+def _words(text: str) -> list[str]:
+    """Lower-case words without punctuation or markdown, so that ``**Checkpoint 1**`` and ``Checkpoint 1`` match."""
+    return re.findall(r"[\w$\\^{}]+", text.lower())
+
+
+def _without_prompt(text: str) -> str:
+    for prompt in PROMPTS:  # wherever it is: students type above it as often as after it
+        text = text.replace(prompt, "")
+    return text.strip()
+
+
+@cache
+def lab_questions() -> dict:
+    """``{"questions": {checkpoint: question cell text}, "lab_text": [markdown of the lab's own cells]}``."""
+    return json.loads(QUESTIONS_FILE.read_text(encoding="utf-8"))
+
+
+def questions_from_notebook(notebook: dict) -> dict:
+    """What ``questions.json`` holds, from the student notebook: each answer cell's preceding markdown cell is its
+    question; every markdown cell but the answer cells is the lab's own text."""
+    questions, lab_text = {}, []
+    cells = notebook["cells"]
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "markdown":
+            continue
+        checkpoint = cell["metadata"].get("checkpoint")
+        if checkpoint:
+            questions[checkpoint] = _text(cells[i - 1]["source"])
+        else:
+            lab_text.append(_text(cell["source"]))
+    return {"questions": questions, "lab_text": lab_text}
+
+
+def _question_end(question: list[str], text: str) -> tuple[float, int, int] | None:
+    """Where ``question`` (its words) sits in ``text``: (similarity, start, end character), or None if not there."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"[\w$\\^{}]+", text.lower())]
+    words = [text.lower()[a:b] for a, b in spans]
+    blocks = [b for b in SequenceMatcher(None, question, words, autojunk=False).get_matching_blocks() if b.size]
+    matched = sum(b.size for b in blocks)
+    if not blocks or matched < MATCH * len(question):
+        return None
+    first, last = blocks[0].b, blocks[-1].b + blocks[-1].size
+    similarity = 2 * matched / (len(question) + last - first)
+    if similarity < MATCH:
+        return None
+    start, end = spans[first][0], spans[last - 1][1]
+    line_start = text.rfind("\n", 0, start) + 1
+    if not re.search(r"\w", text[line_start:start]):  # "### " or "**" before the question's first word
+        start = line_start
+    end += len(re.match(r"[^\w\s]*", text[end:])[0])  # the question's closing "?", "." or "**"
+    return similarity, start, end
+
+
+def _is_lab_text(text: str, lab_text: dict[str, list[str]]) -> bool:
+    key = " ".join(_words(text))
+    if key in lab_text:
+        return True
+    words = key.split()
+    return any(SequenceMatcher(None, words, other, autojunk=False).ratio() >= LAB_TEXT_MATCH
+               for other in lab_text.values() if abs(len(other) - len(words)) <= 0.2 * len(other) + 2)
+
+
+def find_answers(cells: list[dict], checkpoints: list[str] | None = None) -> tuple[dict, dict, list[str]]:
+    """(answers {checkpoint: text}, how each was found {checkpoint: how}, unplaced texts) from a notebook's cells.
+
+    ``how`` is "metadata", "question cell", "cell after question" or both of the last joined by " + ".
+    """
+    reference = lab_questions()
+    questions = {k: _words(q) for k, q in reference["questions"].items() if checkpoints is None or k in checkpoints}
+    lab_text = {" ".join(_words(t)): _words(t) for t in reference["lab_text"]}
+    by_metadata, by_position, position_how, unplaced = {}, {}, {}, []
+    current = None  # the question whose answer region we are in
+    for index, cell in enumerate(cells):
+        kind, meta, text = cell.get("cell_type"), cell.get("metadata") or {}, _text(cell.get("source"))
+        if kind != "markdown":
+            current = None
+            continue
+        if meta.get("checkpoint"):
+            by_metadata[str(meta["checkpoint"])] = _without_prompt(text)
+            if meta["checkpoint"] != current:
+                current = None
+            continue
+        found = [(hit, key) for key, words in questions.items() if (hit := _question_end(words, text))]
+        if found:
+            (_, start, end), key = max(found)
+            before, after = text[:start].strip(), _without_prompt(text[end:])
+            if before and not _is_lab_text(before, lab_text):
+                unplaced.append(f"cell {index + 1}, above the question of Checkpoint {key}: {before}")
+            current, by_position[key] = key, [after] if after else []
+            position_how[key] = ["question cell"] if after else []
+            continue
+        if text.lstrip().startswith("#") or _is_lab_text(text, lab_text):
+            current = None
+            continue
+        answer = _without_prompt(text)
+        if not answer:
+            continue
+        if current is None:
+            unplaced.append(f"cell {index + 1}: {answer}")
+        else:
+            by_position[current].append(answer)
+            if "cell after question" not in position_how[current]:
+                position_how[current].append("cell after question")
+    answers, how = {}, {}
+    for key in [*questions, *(k for k in by_metadata if k not in questions)]:
+        if by_metadata.get(key):
+            answers[key], how[key] = by_metadata[key], "metadata"
+        elif by_position.get(key):
+            answers[key], how[key] = "\n\n".join(by_position[key]), " + ".join(position_how[key])
+        else:
+            answers[key], how[key] = "", ""
+    return answers, how, unplaced
+
+
+def _code(source: str) -> str:
+    """Cell code without IPython magics and shell lines, which are not Python."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+def _defines(source: str, name: str) -> bool:
+    return re.search(rf"^(def\s+{name}\b|{name}\s*(:[^=\n]*)?=(?!=))", source, re.M) is not None
+
+
+def _bound_and_used(tree: ast.AST) -> tuple[set[str], set[str]]:
+    bound, used = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return bound, used
+
+
+def _only_defines(statement: ast.stmt) -> bool:
+    """An import, def, class, or an assignment that calls nothing (``F = torch.nn.functional``, a constant)."""
+    if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True
+    if isinstance(statement, (ast.Assign, ast.AnnAssign)) and statement.value is not None:
+        return not any(isinstance(n, ast.Call) for n in ast.walk(statement.value) if not isinstance(n, ast.Lambda))
+    return False
+
+
+def _statements(source: str) -> list[tuple[ast.stmt, str]]:
+    try:
+        code = _code(source)
+        return [(s, ast.get_source_segment(code, s) or "") for s in ast.parse(code).body]
+    except SyntaxError:
+        return []
+
+
+def _with_own_definitions(todo: str, index: int, cells: list[dict], todo_names: set[str]) -> tuple[str, list[str]]:
+    """The TODO's code, preceded by the student's own definitions above it that it needs, and notes on names that
+    no cell above defines (or defines only by running code)."""
+    code = _text(cells[index]["source"])
+    try:
+        bound, used = _bound_and_used(ast.parse(_code(code)))
+    except SyntaxError:
+        return code, []  # running it reports the syntax error
+    needed = (used | set(TODO_DEFINES.get(todo, ()))) - bound - PROVIDED_NAMES - todo_names - set(dir(builtins))
+    above = [(i, s, src) for i in range(index) if cells[i].get("cell_type") == "code"
+             for s, src in _statements(_text(cells[i].get("source")))]
+    taken: set[int] = set()  # positions in ``above`` of the definitions to run first
+    notes, seen = [], set()
+    while needed - seen:
+        name = sorted(needed - seen)[0]
+        seen.add(name)
+        defining = [(n, i, s, src) for n, (i, s, src) in enumerate(above) if name in _bound_and_used(s)[0]
+                    and not isinstance(s, (ast.Expr, ast.For, ast.While, ast.If, ast.With))]
+        runnable = [d for d in defining if _only_defines(d[2])]
+        if runnable:
+            n, _, statement, _ = runnable[-1]
+            taken.add(n)
+            needed |= _bound_and_used(statement)[1] - PROVIDED_NAMES - todo_names - set(dir(builtins))
+        elif defining:
+            notes.append(f"uses {name}, which cell {defining[-1][1] + 1} defines by running code the grader does "
+                         f"not run: define it in the TODO cell")
+        else:
+            notes.append(f"uses {name}, which no cell above the TODO defines")
+    own = "\n".join(above[n][2] for n in sorted(taken))
+    return (f"{own}\n\n{code}" if own else code), notes
+
+
+def find_todos(cells: list[dict]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """(code of each TODO, notes on names it uses that the notebook does not define before it)."""
+    where: dict[str, int] = {}
+    for index, cell in enumerate(cells):
+        meta = cell.get("metadata") or {}
+        if cell.get("cell_type") == "code" and meta.get("todo") and "todo" in meta.get("tags", ["todo"]):
+            where[str(meta["todo"])] = index
+    for todo, names in TODO_DEFINES.items():
+        defining = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"
+                    and any(_defines(_text(c.get("source")), n) for n in names)]
+        if todo not in where and defining:
+            where[todo] = defining[-1]  # the last definition is the one the notebook ends with
+    todo_names = {n for names in TODO_DEFINES.values() for n in names}
+    todos, notes = {}, {}
+    for todo, index in sorted(where.items(), key=lambda item: item[1]):
+        todos[todo], found = _with_own_definitions(todo, index, cells, todo_names)
+        if found:
+            notes[todo] = found
+    return todos, notes
+
+
+def student_name(cells: list[dict]) -> str:
+    """The ``STUDENT_NAME = "..."`` the student filled in, or "" when it is missing or still the placeholder."""
+    for cell in cells:
+        if cell.get("cell_type") == "code":
+            match = re.search(r"^STUDENT_NAME\s*=\s*(['\"])(.*?)\1", _text(cell.get("source")), re.M)
+            if match and match[2].strip().lower() not in NAME_PLACEHOLDERS:
+                return " ".join(match[2].split())
+    return ""
+
+
+def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
+    """A notebook's JSON (as a dict) as ``{"lab", "student", "todos", "todo_notes", "answers", "found",
+    "unplaced"}``. ``lab`` is "lab 7", "original lab 7" or "not lab 7"."""
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
         raise SubmissionError("not a Jupyter notebook (no list of cells)")
-    todos, answers = {}, {}
-    for cell in notebook["cells"]:
-        if not isinstance(cell, dict):
-            continue
-        meta, source = cell.get("metadata") or {}, _text(cell.get("source"))
-        if cell.get("cell_type") == "code":
-            todo = meta.get("todo") or next((t for t, marker in TODO_MARKERS.items()
-                                             if marker in source and t not in todos), None)
-            if todo and "todo" in meta.get("tags", ["todo"]):
-                todos[todo] = source
-        elif cell.get("cell_type") == "markdown" and meta.get("checkpoint"):
-            answers[meta["checkpoint"]] = source.replace(ANSWER_PROMPT, "", 1).strip()
-    return {"todos": todos, "answers": answers}
+    cells = [c for c in notebook["cells"] if isinstance(c, dict)]
+    work = {"lab": "lab 7", "student": student_name(cells), "todos": {}, "todo_notes": {}, "answers": {},
+            "found": {}, "unplaced": []}
+    if any(marker in _text(c.get("source")) for c in cells for marker in ORIGINAL_LAB7_MARKERS):
+        return {**work, "lab": "original lab 7"}
+    work["todos"], work["todo_notes"] = find_todos(cells)
+    work["answers"], work["found"], work["unplaced"] = find_answers(cells, checkpoints)
+    if not work["todos"] and not any(work["found"].values()) and not any(
+            (c.get("metadata") or {}).get("checkpoint") or _question_end(_words(q), _text(c.get("source")))
+            for c in cells for q in lab_questions()["questions"].values()):
+        work["lab"] = "not lab 7"
+    return work
 
 
-def read_submission(path: str | Path) -> dict:
-    """Read a ``.ipynb`` or exported ``.json`` file into ``{"todos": ..., "answers": ...}``."""
+def read_submission(path: str | Path, checkpoints: list[str] | None = None) -> dict:
+    """Read a ``.ipynb`` or exported ``.json`` file into what ``extract`` returns."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise SubmissionError(f"not a notebook or answers file: cannot read it as JSON ({err})") from err
     if isinstance(data, dict) and data.get("format") == "lab7-answers":
-        return {"todos": dict(data.get("todos", {})), "answers": dict(data.get("answers", {}))}
-    return extract(data)
+        answers = {str(k): str(v) for k, v in dict(data.get("answers", {})).items()}
+        return {"lab": "lab 7", "student": str(data.get("student", "")), "todos": dict(data.get("todos", {})),
+                "todo_notes": dict(data.get("todo_notes", {})), "answers": answers,
+                "found": dict(data.get("found") or {k: "answers file" for k, v in answers.items() if v}),
+                "unplaced": list(data.get("unplaced", []))}
+    return extract(data, checkpoints)
 
 
 def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | Path | None = None) -> Path:
@@ -82,3 +331,108 @@ def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | 
     if files is not None:
         files.download(str(path))
     return path
+
+
+def write_questions(notebook_path: str | Path = "lab7.ipynb") -> None:
+    """Refresh ``questions.json`` from the student notebook (after its markdown changed)."""
+    source = json.loads(Path(notebook_path).read_text(encoding="utf-8"))
+    QUESTIONS_FILE.write_text(json.dumps(questions_from_notebook(source), indent=1, ensure_ascii=False) + "\n",
+                              encoding="utf-8")
+
+
+@dataclass
+class Handin:
+    """What one student handed in: the file that is graded, what it holds, and the other files set aside."""
+
+    student: str
+    path: Path
+    work: dict | None  # None: the file could not be read (``problem`` says why)
+    problem: str = ""
+    set_aside: list[str] = field(default_factory=list)  # "file (why it is not the one graded)"
+
+
+GENERIC_STEM = re.compile(r"(copy of )?(lab[ _-]?7|untitled\d*)([ _-]?(answers|solution|notebook))?", re.I)
+
+
+def name_from_file(path: Path) -> str:
+    """``alice (1).ipynb``, ``Copy of alice.ipynb``, ``alice_answers.json`` -> ``alice``; a generic name like
+    ``lab7.ipynb`` or ``lab7_answers.json`` -> the name of the folder it is in."""
+    stem = re.sub(r"^copy of ", "", path.stem.strip(), flags=re.I)
+    stem = re.sub(r"\s*\(\d+\)$", "", stem)
+    stem = re.sub(r"[ _-]*(lab[ _-]?7)?[ _-]*answers$", "", stem, flags=re.I) or stem
+    return path.resolve().parent.name if GENERIC_STEM.fullmatch(stem) else stem
+
+
+def checked(work: dict) -> dict:
+    """``work`` from ``read_submission``, after checking that its TODO code and answers are text."""
+    for field_name in ("todos", "answers"):
+        value = work.get(field_name)
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise SubmissionError(f"its {field_name} are not text (a changed notebook or answers file?)")
+    return work
+
+
+def collect(files: list[Path], checkpoints: list[str] | None = None) -> list[Handin]:
+    """One ``Handin`` per student, in file order. Files belong to one student when they share the name from the
+    file (``name_from_file``) or the ``STUDENT_NAME`` in them. The graded file: a notebook over an answers file (it
+    holds everything the answers file does), then the latest modification time, then the first in order."""
+    read: list[Handin] = []
+    for path in files:
+        try:
+            work = checked(read_submission(path, checkpoints))
+            read.append(Handin(work["student"] or name_from_file(path), path, work))
+        except SubmissionError as err:
+            read.append(Handin(name_from_file(path), path, None, str(err)))
+        except Exception as err:  # noqa: BLE001 - odd metadata or fields of the wrong type cost this file alone
+            reason = f"cannot read its TODO cells or answers ({type(err).__name__}: {err})"
+            read.append(Handin(name_from_file(path), path, None, reason[:300]))
+    group = list(range(len(read)))  # union-find over files sharing a name from the file or from inside it
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, handin in enumerate(read):
+        for key in {name_from_file(handin.path).casefold(), handin.student.casefold()}:
+            group[root(i)] = root(owner.setdefault(key, i))
+    students: dict[int, list[Handin]] = {}
+    for i, handin in enumerate(read):
+        students.setdefault(root(i), []).append(handin)
+    out = []
+    for handins in students.values():
+        def rank(h: Handin) -> tuple:
+            return (h.work is not None, h.path.suffix == ".ipynb", h.path.stat().st_mtime)
+        winner = max(handins, key=rank)  # max keeps the first of equals
+        for other in handins:
+            if other is winner:
+                continue
+            why = ("could not be read" if other.work is None else "an answers file; the notebook is graded"
+                   if other.path.suffix != ".ipynb" and winner.path.suffix == ".ipynb" else "older"
+                   if other.path.stat().st_mtime < winner.path.stat().st_mtime else "as new; the first file is graded")
+            extra = [k for k, v in (other.work or {}).get("answers", {}).items()
+                     if v and not (winner.work or {}).get("answers", {}).get(k)]
+            if extra:
+                why += f"; it has answers the graded file lacks: {', '.join(extra)}"
+            winner.set_aside.append(f"{other.path.name} ({why})")
+        named = [h.student for h in handins if h.work and h.work["student"]]
+        winner.student = (winner.work or {}).get("student") or (named[0] if named else winner.student)
+        out.append(winner)
+    return out
+
+
+def answer_problems(work: dict, rubric: dict) -> tuple[str, str]:
+    """(which of the rubric's Checkpoints have no answer, how much text could not be placed), "" when none."""
+    keys = list(rubric.get("checkpoints", {}))
+    missing = [k for k in keys if not work["answers"].get(k)]
+    if not keys or work["lab"] != "lab 7" or not missing:
+        text = ""
+    elif len(missing) == len(keys):
+        text = f"no Checkpoint answer found (all {len(keys)} empty)"
+    else:
+        text = f"no answer found for Checkpoint {', '.join(missing)}"
+    count = len(work["unplaced"])
+    unplaced = (f"{count} text{'s' * (count != 1)} under no Checkpoint question (answers.csv, column unplaced)"
+                if count else "")
+    return text, unplaced

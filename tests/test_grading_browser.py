@@ -1,0 +1,109 @@
+"""grading.html in a real browser (headless Chromium through chromedriver): scores and comments typed in survive a
+reload, Export CSV downloads them, and ``lab7 grade --manual`` merges them into grades.csv."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lab7_helpers.app.cli import main
+from lab7_helpers.grading.grade import load_rubric
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extras have it)")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(CHROMEDRIVER is None, reason="needs chromium and chromium-driver (.ci/run installs "
+                                "them)")
+
+
+def answers_only(answer: str) -> dict:
+    """The solution notebook without its TODO cells (no sandboxed run needed: this test is about the page)."""
+    notebook = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
+    notebook["cells"] = [c for c in notebook["cells"] if not c["metadata"].get("todo")]
+    for cell in notebook["cells"]:
+        if cell["metadata"].get("checkpoint"):
+            cell["source"] = f"*Your answer:* {answer}"
+    return notebook
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.add_experimental_option("prefs", {"download.default_directory": str(tmp_path / "downloads"),
+                                              "download.prompt_for_download": False})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def test_scores_persist_export_and_merge_into_grades(tmp_path, browser):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for student in ("alice", "bob"):
+        (folder / f"{student}.ipynb").write_text(json.dumps(answers_only(f"{student} thinks hard")))
+    out = tmp_path / "grades"
+    assert main(["grade", str(folder), "--out", str(out)]) == 0
+    page = (out / "grading.html").resolve().as_uri()
+    browser.get(page)
+    boxes = browser.find_elements(By.CSS_SELECTOR, "input.points")
+    assert len(boxes) == 2 * len(load_rubric()["checkpoints"])
+    assert "alice thinks hard" in browser.page_source and "A tie carries no preference" in browser.page_source
+
+    first = browser.find_element(By.CSS_SELECTOR, "td[data-student='alice'][data-checkpoint='ties'] input")
+    first.send_keys("1.5")
+    first.send_keys(Keys.TAB)  # Tab: from the points box to its comment box
+    browser.switch_to.active_element.send_keys('Good, but "log 2" needs a why, too')
+    bob = browser.find_element(By.CSS_SELECTOR, "td[data-student='bob'][data-checkpoint='constitution'] input")
+    bob.send_keys("1")
+    bob.send_keys(Keys.ENTER)  # Enter: on to the next points box (bob is last: focus stays)
+    too_many = browser.find_element(By.CSS_SELECTOR, "td[data-student='bob'][data-checkpoint='ties'] input")
+    too_many.send_keys("7")
+    assert too_many.get_attribute("aria-invalid") == "true"
+    too_many.clear()
+    too_many.send_keys(Keys.BACKSPACE)
+
+    browser.refresh()
+    restored = browser.find_element(By.CSS_SELECTOR, "td[data-student='alice'][data-checkpoint='ties']")
+    assert restored.find_element(By.TAG_NAME, "input").get_attribute("value") == "1.5"
+    assert restored.find_element(By.TAG_NAME, "textarea").get_attribute("value") == 'Good, but "log 2" needs a why, too'
+
+    browser.find_element(By.ID, "export").click()
+    download = tmp_path / "downloads" / "scores.csv"
+    for _ in range(100):
+        if download.exists():
+            break
+        time.sleep(0.1)
+    exported = download.read_bytes().decode()
+    assert exported == browser.execute_script("return window.lab7ScoresCsv()")
+    assert exported.splitlines() == ["student,checkpoint,points,comment",
+                                     'alice,ties,1.5,"Good, but ""log 2"" needs a why, too"', "bob,constitution,1,"]
+
+    assert main(["grade", str(folder), "--out", str(out), "--manual", str(download)]) == 0
+    grades = pd.read_csv(out / "grades.csv", index_col="student")
+    assert grades.loc["alice", "ties points"] == 1.5 and grades.loc["alice", "manual"] == 1.5
+    assert grades.loc["alice", "ties comment"] == 'Good, but "log 2" needs a why, too'
+    assert grades.loc["bob", "total"] == grades.loc["bob", "automatic"] + 1
+    assert "ties" in grades.loc["bob", "not graded by hand"] and "constitution" not in grades.loc["bob",
+                                                                                               "not graded by hand"]
+
+
+@pytest.mark.parametrize("row, message", [
+    ("carol,ties,1,", "line 2: unknown student 'carol'"),
+    ("alice,tie,1,", "line 2: unknown Checkpoint 'tie'"),
+    ("alice,ties,3,", "line 2: 3 points for ties is out of range (0 to 2)"),
+    ("alice,ties,two,", "line 2: points 'two' is not a number"),
+])
+def test_bad_manual_scores_are_clear_errors(tmp_path, capsys, row, message):
+    (tmp_path / "alice.ipynb").write_text(json.dumps(answers_only("an answer")))
+    scores = tmp_path / "scores.csv"
+    scores.write_text(f"student,checkpoint,points,comment\n{row}\n")
+    assert main(["grade", str(tmp_path / "alice.ipynb"), "--out", str(tmp_path / "out"), "--manual", str(scores)]) == 2
+    assert message in capsys.readouterr().err
