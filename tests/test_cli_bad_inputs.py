@@ -70,9 +70,7 @@ def test_nan_and_infinity_are_refused_when_the_flags_are_parsed(flag, value, tmp
 
 # name, pairs ("short" or "long": every prompt 600 words), flags, exit status, parts of the error line (or of the
 # report for a run that succeeds), outputs afterwards, models in metrics.csv
-RUNS = [
-    ("divergent --kl-lr", "short", ["--kl-lr", "1e6"], 2,
-     ["KL update failed: the loss became", "--kl-lr 1e+06", "report.html"], EVALUATED, ["base"]),
+RUNS = [  # a divergent --kl-lr: test_rerun_into_a_failed_runs_folder...
     ("divergent --dpo-lr", "short", ["--dpo-lr", "1e6"], 2,
      ["DPO failed: the loss became", "--dpo-lr 1e+06"], EVALUATED | KL_DONE, ["base", "kl"]),
     ("600-word prompts in training and held out, --max-length 100000", "long", ["--max-length", "100000"], 0,
@@ -131,7 +129,12 @@ def dead_pid() -> int:
 def test_rerun_into_a_failed_runs_folder_needs_overwrite_and_cleans_stale_weight_folders(short_pairs, tmp_path,
                                                                                         capsys, monkeypatch):
     out = tmp_path / "out"
-    assert run([*FAST, "--pairs", str(short_pairs), "--out", str(out), "--kl-lr", "1e6"], capsys)[0] == 2
+    code, stderr = run([*FAST, "--pairs", str(short_pairs), "--out", str(out), "--kl-lr", "1e6"], capsys)
+    assert code == 2
+    assert_one_sentence(stderr, "KL update failed: the loss became", "--kl-lr 1e+06", f"{out}/report.html")
+    assert {p.name for p in out.iterdir()} == EVALUATED  # the evaluation ran on the base model alone
+    assert list(pd.read_csv(out / "metrics.csv", index_col="model").index) == ["base"]
+    assert "KL update: failed" in (out / "report.html").read_text()
     (out / "notes.txt").write_text("the student's own file")
     failed_report = (out / "report.html").read_text()
 
@@ -150,7 +153,7 @@ def test_rerun_into_a_failed_runs_folder_needs_overwrite_and_cleans_stale_weight
     code, stderr = run([*FAST, "--pairs", str(short_pairs), "--out", str(out), "--overwrite"], capsys)
     assert code == 0 and "Traceback" not in stderr
     assert {p.name for p in out.iterdir()} == EVALUATED | KL_DONE | DPO_DONE | {"notes.txt"}
-    assert "failed" not in (out / "report.html").read_text()
+    assert 'class="failed"' not in (out / "report.html").read_text()
     assert not stale.exists() and live.exists()
 
 

@@ -128,7 +128,7 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         if failure:
             run["failures"].append(failure)
-            write_atomic(out / "report.html", render_report(run))
+        write_atomic(out / "report.html", render_report(run))  # with the stage's notes and failure
         return failure is None
 
     with warnings.catch_warnings(record=True) as caught:
