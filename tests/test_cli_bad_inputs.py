@@ -5,13 +5,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from lab7_helpers.app.cli import main
+from lab7_helpers.engine.disk import PROCESS_START
 
 FAST = ["--model", "tiny-gpt2", "--kl-steps", "2", "--max-new-tokens", "4", "--device", "cpu"]
 LONG_PROMPT = " ".join(["word"] * 600)  # about 600 tokens: more than tiny-gpt2's context of 512
@@ -149,7 +149,7 @@ def test_rerun_into_a_failed_runs_folder_needs_overwrite_and_cleans_stale_weight
     for folder in (stale, live):
         folder.mkdir()
         (folder / "0.pt").write_bytes(b"weights")
-        os.utime(folder, (time.time() - 60, time.time() - 60))
+        os.utime(folder, (PROCESS_START - 60, PROCESS_START - 60))  # made before this process started
     code, stderr = run([*FAST, "--pairs", str(short_pairs), "--out", str(out), "--overwrite"], capsys)
     assert code == 0 and "Traceback" not in stderr
     assert {p.name for p in out.iterdir()} == EVALUATED | KL_DONE | DPO_DONE | {"notes.txt"}
