@@ -70,7 +70,8 @@ def encode_pair(tokenizer, prompt: str, response: str, max_length: int = 256) ->
     If the sequence is too long, the **prompt is cut from the left** (its end, "Answer:", stays next to the
     response) and the response is cut from the right only when it alone is longer than ``max_length // 2``.
     The response therefore always keeps at least one token: the original lab sliced the response to nothing
-    when the prompt filled ``max_length`` and its mean loss became NaN.
+    when the prompt filled ``max_length`` and its mean loss became NaN. ``max_length`` must fit the model's
+    context (``models.context_length``): the caller, which knows the model, caps it (``lab7 run`` does).
     """
     if max_length < 2:
         raise ValueError(f"max_length must be at least 2 (one prompt and one response token), got {max_length}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -10,6 +11,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from . import engine
 from .data import format_prompt
+from .models import context_length
 
 
 @torch.inference_mode()
@@ -21,24 +23,33 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 80,
     (the prompt is cut off by token count, not by string length, which breaks when decoding changes spaces).
     The same model, prompts, settings and ``seed`` give the same texts. ``temperature=0`` means greedy decoding.
     Each new token reads every weight of the model whatever the batch size, so large batches are cheap.
+    Prompt and new tokens together must fit the model's context (``context_length``): a longer prompt keeps
+    its end (the part next to "Answer:") and loses its start, with a warning; never an error.
 
     Returns:
         One string per prompt, in order, without the prompt and without special tokens.
     """
     was_training = model.training
     model.eval()
+    requested_new_tokens = max_new_tokens
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # new tokens must follow the prompt directly, so pad on the left
     device = next(model.parameters()).device
     # Greedy decoding takes the one token that NucleusSampler leaves possible (see there why it samples itself).
     sampler = LogitsProcessorList([NucleusSampler(temperature, top_p, seed, device)] if temperature > 0 else [])
+    context = context_length(model) or float("inf")
+    max_new_tokens = min(max_new_tokens, context // 2)  # a prompt needs room too
+    prompt_budget = context - max_new_tokens
     texts: list[str] = []
+    n_cut = 0
     try:
         with engine.session(model, decode_rows=min(batch_size, len(prompts))):
             starts = range(0, len(prompts), batch_size)
             for start in tqdm(starts, desc="generating", disable=not progress, unit="batch"):
-                batch = [format_prompt(p) for p in prompts[start:start + batch_size]]
-                inputs = tokenizer(batch, return_tensors="pt", padding=True, return_token_type_ids=False).to(device)
+                ids = tokenizer([format_prompt(p) for p in prompts[start:start + batch_size]])["input_ids"]
+                n_cut += sum(len(row) > prompt_budget for row in ids)
+                ids = [row[-prompt_budget:] if len(row) > prompt_budget else row for row in ids]  # keep the end
+                inputs = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)
                 output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                         eos_token_id=tokenizer.eos_token_id, do_sample=False, logits_processor=sampler)
                 new_tokens = output[:, inputs["input_ids"].shape[1]:]
@@ -46,6 +57,11 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 80,
     finally:
         tokenizer.padding_side = padding_side
         model.train(was_training)
+    cuts = ([f"{n_cut} prompt(s) lost their start"] if n_cut else []) + (
+        [f"{max_new_tokens} new tokens were generated, not {requested_new_tokens}"]
+        if max_new_tokens < requested_new_tokens else [])
+    if cuts:
+        warnings.warn(f"the model reads at most {context} tokens, so " + " and ".join(cuts))
     return texts
 
 

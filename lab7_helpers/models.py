@@ -94,6 +94,12 @@ def load_model(name_or_path: str, device: str | None = None) -> tuple[torch.nn.M
     return model.to(device), tokenizer
 
 
+def context_length(model: torch.nn.Module) -> int | None:
+    """How many tokens the model reads at most, prompt and response together (GPT-2: 1024, tiny-gpt2: 512), or
+    None when its config does not say. Longer sequences crash a model with learned positions (GPT-2)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def freeze(model: torch.nn.Module) -> torch.nn.Module:
     """Make ``model`` a frozen reference, in place: ``eval()`` mode and ``requires_grad=False`` everywhere."""
     model.eval()

@@ -66,16 +66,16 @@ def exit_code(args) -> int:
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--kl-beta", "-1"], "must be >= 0"),
+    (["--kl-beta", "-1"], "must be a number >= 0"),
     (["--kl-steps", "0"], "must be a whole number >= 1"),
-    (["--dpo-lr", "0"], "must be > 0"),
-    (["--max-length", "4"], "must be >= 16"),
+    (["--dpo-lr", "0"], "must be a number > 0"),
+    (["--max-length", "4"], "must be a whole number >= 16"),
     (["--kl-beta-sweep", "0,x"], "'x' is not a number"),
     (["--pairs", "no/such/file.jsonl"], "pairs file not found: no/such/file.jsonl"),
-    (["--pairs", "."], "pairs file not found: ."),
-    (["--temperature", "-0.5"], "must be >= 0"),
-    (["--top-p", "1.5"], "--top-p must be <= 1"),
-    (["--test-fraction", "1"], "--test-fraction < 1"),
+    (["--pairs", "."], "--pairs . is a folder"),
+    (["--temperature", "-0.5"], "must be a number >= 0"),
+    (["--top-p", "1.5"], "--top-p: must be a number > 0 and <= 1"),
+    (["--test-fraction", "1"], "--test-fraction: must be a number between 0 and 1"),
     (["--batch-size", "2.5"], "'2.5' is not a whole number"),
     (["--model", "no-such-org/no-such-model"], "cannot load the model 'no-such-org/no-such-model'"),
 ])

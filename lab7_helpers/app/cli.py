@@ -4,55 +4,69 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import signal
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
+from ..engine.disk import remove_stale_weight_folders
 from .hub import check_model_available, default_model
 from .run import LabSettings, run_lab
 
 DEFAULTS = LabSettings()
 
 
-def _number(kind, minimum: float, inclusive: bool, what: str):
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (its usage block for ``lab7 run`` is a screen long)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, valid: Callable[[float], bool], expected: str):
+    """An argparse type: ``kind`` (int or float) for which ``valid`` holds; NaN and infinity never pass."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            expected = "a whole number" if kind is int else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {expected}") from None
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"{what}, got {text}")
+        if not (math.isfinite(value) and valid(value)):
+            raise argparse.ArgumentTypeError(f"must be {expected}, got {text}")
         return value
     return parse
 
 
 def _betas(text: str) -> list[float]:
-    parse = _number(float, 0, True, "each beta must be >= 0")
+    parse = _number(float, lambda v: v >= 0, "a number >= 0")
     return [parse(part) for part in text.split(",") if part.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """``lab7 run`` and ``lab7 grade`` with every flag, validated as it is parsed."""
-    parser = argparse.ArgumentParser(prog="lab7", description="Lab 7: KL-regularized fine-tuning and DPO.")
+    parser = Parser(prog="lab7", description="Lab 7: KL-regularized fine-tuning and DPO.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole lab (KL update, DPO, evaluation) and write a report",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    positive_int = _number(int, 1, True, "must be a whole number >= 1")
-    positive = _number(float, 0, False, "must be > 0")
-    non_negative = _number(float, 0, True, "must be >= 0")
+    positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
+    positive = _number(float, lambda v: v > 0, "a number > 0")
+    non_negative = _number(float, lambda v: v >= 0, "a number >= 0")
     run.add_argument("--model", default=None, help="tiny-gpt2, smollm2-135m, a local folder or a Hub name "
                      "(default: gpt2 if it can be loaded, else smollm2-135m)")
     run.add_argument("--pairs", default=DEFAULTS.pairs, help="JSONL file of prompt/chosen/rejected pairs")
     run.add_argument("--out", type=Path, default=None,
-                     help="output folder (must not exist; default: runs/<time>-<model>)")
-    run.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    run.add_argument("--test-fraction", type=_number(float, 0, False, "must be between 0 and 1"),
+                     help="output folder (new or empty, unless --overwrite; default: runs/<time>-<model>)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the outputs of an earlier run in --out (other files there stay)")
+    run.add_argument("--seed", type=_number(int, lambda v: v >= 0, "a whole number >= 0"), default=DEFAULTS.seed)
+    run.add_argument("--test-fraction", type=_number(float, lambda v: 0 < v < 1, "a number between 0 and 1"),
                      default=DEFAULTS.test_fraction)
-    run.add_argument("--max-length", type=_number(int, 16, True, "must be >= 16 tokens (template + response)"),
-                     default=DEFAULTS.max_length)
+    run.add_argument("--max-length", default=DEFAULTS.max_length,
+                     type=_number(int, lambda v: v >= 16, "a whole number >= 16 (tokens for template and response)"),
+                     help="tokens per prompt + response (at most the model's context)")
     run.add_argument("--kl-beta", type=non_negative, default=DEFAULTS.kl_beta)
     run.add_argument("--kl-lr", type=positive, default=DEFAULTS.kl_lr)
     run.add_argument("--kl-steps", type=positive_int, default=DEFAULTS.kl_steps)
@@ -64,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     run.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
     run.add_argument("--temperature", type=non_negative, default=DEFAULTS.temperature, help="0 = greedy")
-    run.add_argument("--top-p", type=_number(float, 0, False, "must be in (0, 1]"), default=DEFAULTS.top_p)
+    run.add_argument("--top-p", type=_number(float, lambda v: 0 < v <= 1, "a number > 0 and <= 1"),
+                     default=DEFAULTS.top_p)
     run.add_argument("--with-trl", action="store_true", help="also train a DPO model with TRL's DPOTrainer")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
@@ -124,21 +139,61 @@ def grade_command(args) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every clean-up (temporary weight folders) runs on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def check_run_paths(args) -> str | None:
+    """None if ``--pairs`` and ``--out`` can be used, else the sentence that says why not."""
+    pairs, out = Path(args.pairs), args.out
+    if pairs.is_dir():
+        return f"--pairs {pairs} is a folder; give the pairs file in it (.jsonl, .json or .csv)"
+    if not pairs.is_file():
+        return f"pairs file not found: {pairs}"
+    if out is not None and out.exists() and not out.is_dir():
+        return f"--out {out} is a file; give the name of a folder for the results"
+    if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
+        return (f"the output folder {out} already exists and is not empty; choose a new --out, or add --overwrite "
+                "to replace the outputs of an earlier run there")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The ``lab7`` command. Exit status: 0 done, 2 bad input (with a message), 130 interrupted."""
+    """The ``lab7`` command. Exit status: 0 done, 2 bad input or a failed stage (one sentence, no traceback),
+    130 interrupted (143 for SIGTERM)."""
     args = build_parser().parse_args(argv)
     if args.command == "grade":
         return grade_command(args)
-    if args.top_p > 1 or args.test_fraction >= 1:
-        print("lab7: error: --top-p must be <= 1 and --test-fraction < 1", file=sys.stderr)
+    previous_handler = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run_command(args)
+    except KeyboardInterrupt as stop:
+        out = args.out
+        finished = f"; finished stages are in {out}/report.html" if out and (out / "report.html").exists() else ""
+        print(f"\nlab7: {'stopped (SIGTERM)' if isinstance(stop, Terminated) else 'interrupted'}{finished}",
+              file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
+    except (OSError, ValueError) as err:  # a bad pairs file (PairFileError), too few pairs, a model that failed to load
+        print(f"lab7: error: {err}", file=sys.stderr)
         return 2
-    if not Path(args.pairs).is_file():
-        print(f"lab7: error: pairs file not found: {args.pairs}", file=sys.stderr)
+    except Exception as err:  # anything else still ends in one sentence, never a traceback
+        print(f"lab7: error: {type(err).__name__}: {' '.join(str(err).split())[:300]}", file=sys.stderr)
         return 2
-    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
-        print(f"lab7: error: the output folder {args.out} already exists and is not empty; "
-              "choose a new --out so no earlier results are overwritten", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+def run_command(args) -> int:
+    """``lab7 run`` once the flags are parsed; sets ``args.out`` to the output folder as soon as it is known."""
+    problem = check_run_paths(args)
+    if problem:
+        print(f"lab7: error: {problem}", file=sys.stderr)
         return 2
+    remove_stale_weight_folders()  # left by runs that were killed outright
     quiet_libraries()
     if args.model is None:  # default_model only picks a model it can load
         args.model, why = default_model()
@@ -148,21 +203,19 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"lab7: error: {problem}", file=sys.stderr)
             return 2
-    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
-    settings = LabSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "out")})
+    args.out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
+    settings = LabSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "out", "overwrite")})
     started = time.time()
-    try:
-        run = run_lab(settings, out)
-    except (OSError, ValueError) as err:  # a bad pairs file (PairFileError), too few pairs, a model that failed to load
-        print(f"lab7: error: {err}", file=sys.stderr)
+    run = run_lab(settings, args.out, overwrite=args.overwrite)
+    if run["failures"]:
+        failure = run["failures"][0]
+        print(f"\nlab7: error: {failure['stage']} failed: {failure['reason']}; what finished is in "
+              f"{args.out / 'report.html'}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nlab7: interrupted; finished stages are in {out}/report.html", file=sys.stderr)
-        return 130
     print(f"\nLab 7 finished in {time.time() - started:.0f} s on {settings.model}.\n")
     print(run["metrics"][["len_words", "repetition", "refusal_rate", "pref_acc", "reward_acc", "kl_to_ref"]]
           .to_string(float_format=lambda v: f"{v:.3f}"))
-    print(f"\nReport: {out / 'report.html'}")
+    print(f"\nReport: {args.out / 'report.html'}")
     return 0
 
 

@@ -45,13 +45,19 @@ def _table(frame: pd.DataFrame) -> str:
 
 def render_report(run: dict) -> str:
     """An HTML page for ``run``: a dict with ``settings``, ``stages`` (finished stage names), ``notes`` and,
-    when present, ``figures`` (name -> PNG file name), ``kl_history``, ``dpo_history``, ``dpo_trl_history``,
-    ``beta_sweep``, ``metrics``, ``generations`` and ``parity`` (DataFrames or dicts)."""
+    when present, ``failures`` (dicts: ``stage``, ``reason``, ``details``), ``figures`` (name -> PNG file name),
+    ``kl_history``, ``dpo_history``, ``dpo_trl_history``, ``beta_sweep``, ``metrics``, ``generations`` and
+    ``parity`` (DataFrames or dicts)."""
     esc = html.escape
     parts = [f"<h1>Lab 7 run: {esc(run['settings']['model'])}</h1>"]
     parts += [f'<p class="note">{esc(note)}</p>' for note in run["notes"]]
+    failures = {failure["stage"]: failure for failure in run.get("failures", [])}
+    parts += [f'<p class="failed">{esc(stage)} failed: {esc(failure["reason"])}</p><details><summary>Details for '
+              f'a bug report</summary><pre>{esc(failure["details"])}</pre></details>'
+              for stage, failure in failures.items()]
     parts.append("<h2>Stages</h2><ul>" + "".join(
-        f"<li>{esc(stage)}: {'done' if stage in run['stages'] else 'not run / not finished'}</li>"
+        f"<li>{esc(stage)}: "
+        f"{'done' if stage in run['stages'] else 'failed' if stage in failures else 'not run / not finished'}</li>"
         for stage in run["planned_stages"]) + "</ul>")
     parts.append("<h2>Settings</h2>" + _table(pd.Series(run["settings"], name="value").astype(str).to_frame()))
     figures = run.get("figures", {})
@@ -83,6 +89,7 @@ def render_report(run: dict) -> str:
              ".table{border-collapse:collapse;font-size:14px;display:block;overflow-x:auto}"
              ".table td,.table th{border:1px solid #ccc;"
              "padding:4px 8px;vertical-align:top}.gen td{white-space:pre-wrap;max-width:280px}"
-             ".note{background:#fff4d6;padding:8px;border-left:4px solid #e0a800}img{max-width:100%}")
+             ".note{background:#fff4d6;padding:8px;border-left:4px solid #e0a800}"
+             ".failed{background:#fde2e1;padding:8px;border-left:4px solid #c0392b}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lab 7 report</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>")

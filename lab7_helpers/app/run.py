@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from ..data import split_pairs
+from ..data import FIELDS, split_pairs
 from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
 from ..evaluation import evaluate_models
 from ..engine.disk import weights_on_disk
-from ..models import TINY_GPT2, freeze, load_model, trainable_copy
+from ..models import TINY_GPT2, context_length, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
 from ..training import kl_beta_sweep, train_dpo, train_kl
@@ -52,17 +55,54 @@ def planned_stages(settings: LabSettings) -> list[str]:
             + (["DPO (TRL)"] if settings.with_trl else []) + ["evaluation"])
 
 
-def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
+OUTPUT_FILES = ("report.html", "settings.json", "history_kl.csv", "beta_sweep.csv", "history_dpo.csv",
+                "history_dpo_trl.csv", "metrics.csv", "generations.jsonl", "kl_history.png", "beta_sweep.png",
+                "dpo_history.png", "dpo_trl_history.png", "metrics.png")
+LEARNING_RATE_FLAG = {"KL update": "kl_lr", "beta sweep": "kl_lr", "DPO": "dpo_lr", "DPO (TRL)": "dpo_lr"}
+PACKAGE_DIR = Path(__file__).parents[1]
+
+
+def remove_outputs(out: Path) -> None:
+    """Delete the files an earlier run wrote into ``out`` (``OUTPUT_FILES``, half-written ones included), so that
+    a rerun into it never mixes old and new results. Other files stay."""
+    for name in OUTPUT_FILES:
+        for path in (out / name, out / f"{name}.tmp"):
+            path.unlink(missing_ok=True)
+
+
+def why_stage_failed(stage: str, err: Exception, settings: LabSettings) -> str:
+    """One sentence for ``err``, raised by ``stage``; it names the flag to change when the loss diverged."""
+    text = " ".join(str(err).split()).removeprefix(f"{stage}: ")  # one line, whatever the library wrote
+    if isinstance(err, FloatingPointError) and stage in LEARNING_RATE_FLAG:  # from training.check_finite
+        flag = LEARNING_RATE_FLAG[stage]
+        return f"{text.removesuffix('.')} than --{flag.replace('_', '-')} {getattr(settings, flag):g}"
+    return text if isinstance(err, (OSError, ValueError)) and text else f"{type(err).__name__}: {text[:300]}"
+
+
+def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: bool = False) -> dict:
     """Run every stage, writing outputs into ``out`` (which must not exist yet, or be empty) as each finishes.
 
     Files: ``report.html``, ``settings.json``, ``history_kl.csv``, ``history_dpo.csv`` (and ``history_dpo_trl.csv``,
     ``beta_sweep.csv``), ``metrics.csv``, ``generations.jsonl`` and one PNG per plot. The report is rewritten
-    after each stage and lists which stages finished. Returns the run's state (DataFrames and settings).
+    after each stage and lists which stages finished. ``overwrite``: first delete an earlier run's outputs.
+
+    A stage that fails ends training: the evaluation runs on the models that finished, every output so far stays,
+    and ``run["failures"]`` (also in the report) says which stage failed and why. Returns the run's state
+    (DataFrames and settings).
     """
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "settings.json", json.dumps(asdict(settings), indent=2) + "\n")
+    if overwrite:
+        remove_outputs(out)
+    write_atomic(out / "settings.json", json.dumps(asdict(settings), indent=2, allow_nan=False) + "\n")
     run: dict = {"settings": asdict(settings), "stages": [], "planned_stages": planned_stages(settings),
-                 "notes": [], "figures": {}}
+                 "notes": [], "figures": {}, "failures": []}
+
+    def note(text: str) -> None:
+        if text in run["notes"]:  # the same warning from each model's generations
+            return
+        run["notes"].append(text)
+        if progress:
+            print(f"lab7: note: {text}", file=sys.stderr)
 
     def finish(stage: str, **figures) -> None:
         for name, fig in figures.items():
@@ -71,50 +111,86 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
         run["stages"].append(stage)
         write_atomic(out / "report.html", render_report(run))
 
+    def attempt(stage: str, work: Callable[[], None]) -> bool:
+        """Run one stage; its warnings from this package become notes. If it fails: False, and the failure is
+        in ``run["failures"]`` and the report."""
+        failure = None
+        with warnings.catch_warnings(record=True) as caught:
+            try:
+                work()
+            except Exception as err:  # any failure of a stage ends in the report, not in a traceback
+                failure = {"stage": stage, "reason": why_stage_failed(stage, err, settings),
+                           "details": traceback.format_exc()}
+        for w in caught:
+            if Path(w.filename).is_relative_to(PACKAGE_DIR):
+                note(str(w.message))
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        if failure:
+            run["failures"].append(failure)
+        write_atomic(out / "report.html", render_report(run))  # with the stage's notes and failure
+        return failure is None
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pairs = load_pairs(settings.pairs)
-    run["notes"] += [str(w.message) for w in caught]
+    for w in caught:
+        note(str(w.message))
     train, test = split_pairs(pairs, settings.test_fraction, settings.seed)
-    run["notes"].append(f"{len(pairs)} pairs from {settings.pairs}: {len(train)} for training, {len(test)} held out.")
+    note(f"{len(pairs)} pairs from {settings.pairs}: {len(train)} for training, {len(test)} held out.")
+    copies = len(pairs) - len({tuple(p[f] for f in FIELDS) for p in pairs})
+    if copies:
+        note(f"{copies} pair(s) repeat another pair exactly: each copy counts once more in training.")
+    if len({p["prompt"] for p in pairs}) == 1:
+        note("Every pair has the same prompt, so the held-out prompt is a training prompt too: the evaluation "
+             "shows answers to a prompt the models trained on, not to a new one.")
     if settings.model == TINY_GPT2:
-        run["notes"].append("tiny-gpt2 has random weights: its text is gibberish and its numbers only show that "
-                            "the pipeline works. Use smollm2-135m or gpt2 for real results.")
+        note("tiny-gpt2 has random weights: its text is gibberish and its numbers only show that "
+             "the pipeline works. Use smollm2-135m or gpt2 for real results.")
     write_atomic(out / "report.html", render_report(run))
 
     base, tokenizer = load_model(settings.model, settings.device)
     ref = freeze(base)
-    common = dict(batch_size=settings.batch_size, seed=settings.seed, max_length=settings.max_length,
-                  progress=progress)
+    max_length = settings.max_length
+    context = context_length(ref)
+    if context and max_length > context:
+        note(f"--max-length {max_length} is more than {settings.model} reads at once: using its context of "
+             f"{context} tokens.")
+        max_length = context
+    common = dict(batch_size=settings.batch_size, seed=settings.seed, max_length=max_length, progress=progress)
+    models = {"base": ref}  # the models the evaluation compares: the reference and each finished update
 
-    policy_kl = trainable_copy(ref)
-    run["kl_history"] = train_kl(policy_kl, ref, tokenizer, train, settings.kl_beta, settings.kl_lr,
-                                 settings.kl_steps, **common)
-    save_csv(run["kl_history"], out / "history_kl.csv")
-    finish("KL update", kl_history=plot_kl_history(run["kl_history"]))
+    def kl_update() -> None:
+        policy_kl = trainable_copy(ref)
+        run["kl_history"] = train_kl(policy_kl, ref, tokenizer, train, settings.kl_beta, settings.kl_lr,
+                                     settings.kl_steps, **common)
+        save_csv(run["kl_history"], out / "history_kl.csv")
+        models["kl"] = policy_kl
+        finish("KL update", kl_history=plot_kl_history(run["kl_history"]))
 
-    if settings.kl_beta_sweep:
+    def beta_sweep() -> None:
         run["beta_sweep"] = kl_beta_sweep(ref, tokenizer, train, settings.kl_beta_sweep, lr=settings.kl_lr,
                                           steps=settings.kl_steps, **common)
         save_csv(run["beta_sweep"], out / "beta_sweep.csv")
         finish("beta sweep", beta_sweep=plot_beta_sweep(run["beta_sweep"]))
 
-    policy_dpo = trainable_copy(ref)
-    with weights_on_disk(policy_kl):  # not needed until the evaluation
-        run["dpo_history"] = train_dpo(policy_dpo, ref, tokenizer, train, settings.dpo_beta, settings.dpo_lr,
-                                       settings.dpo_epochs, **common)
-    save_csv(run["dpo_history"], out / "history_dpo.csv")
-    finish("DPO", dpo_history=plot_dpo_history(run["dpo_history"], "DPO (our loop)"))
+    def dpo() -> None:
+        policy_dpo = trainable_copy(ref)
+        with weights_on_disk(models["kl"]):  # not needed until the evaluation
+            run["dpo_history"] = train_dpo(policy_dpo, ref, tokenizer, train, settings.dpo_beta, settings.dpo_lr,
+                                           settings.dpo_epochs, **common)
+        save_csv(run["dpo_history"], out / "history_dpo.csv")
+        models["dpo"] = policy_dpo
+        finish("DPO", dpo_history=plot_dpo_history(run["dpo_history"], "DPO (our loop)"))
 
-    models = {"base": ref, "kl": policy_kl, "dpo": policy_dpo}
-    if settings.with_trl:
+    def dpo_trl() -> None:
         from ..trl_dpo import train_dpo_trl
 
         policy_trl = trainable_copy(ref)
-        with weights_on_disk(policy_kl, policy_dpo):
+        with weights_on_disk(models["kl"], models["dpo"]):
             run["dpo_trl_history"] = train_dpo_trl(policy_trl, ref, tokenizer, train, settings.dpo_beta,
                                                    settings.dpo_lr, settings.dpo_epochs, settings.batch_size,
-                                                   settings.seed, settings.max_length)
+                                                   settings.seed, max_length)
         save_csv(run["dpo_trl_history"], out / "history_dpo_trl.csv")
         own, trl = run["dpo_history"]["loss"].iloc[0], run["dpo_trl_history"]["loss"].iloc[0]
         run["parity"] = {"first-step loss (ours)": own, "first-step loss (TRL)": trl, "|difference|": abs(own - trl),
@@ -122,11 +198,18 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True) -> dict:
         models["dpo_trl"] = policy_trl
         finish("DPO (TRL)", dpo_trl_history=plot_dpo_history(run["dpo_trl_history"], "DPO (TRL DPOTrainer)"))
 
-    run["metrics"], run["generations"] = evaluate_models(
-        models, ref, tokenizer, test, beta=settings.dpo_beta, seed=settings.seed,
-        max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-        max_length=settings.max_length, progress=progress)
-    save_csv(run["metrics"], out / "metrics.csv")
-    save_generations(run["generations"], out / "generations.jsonl")
-    finish("evaluation", metrics=plot_metrics(run["metrics"]))
+    def evaluation() -> None:
+        run["metrics"], run["generations"] = evaluate_models(
+            models, ref, tokenizer, test, beta=settings.dpo_beta, seed=settings.seed,
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
+            max_length=max_length, progress=progress)
+        save_csv(run["metrics"], out / "metrics.csv")
+        save_generations(run["generations"], out / "generations.jsonl")
+        finish("evaluation", metrics=plot_metrics(run["metrics"]))
+
+    stages = {"KL update": kl_update, "beta sweep": beta_sweep, "DPO": dpo, "DPO (TRL)": dpo_trl}
+    for stage in run["planned_stages"][:-1]:
+        if not attempt(stage, stages[stage]):
+            break
+    attempt("evaluation", evaluation)
     return run

@@ -4,14 +4,45 @@ memory-map case)."""
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import re
+import shutil
 import tempfile
+import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
 import torch
+
+
+WEIGHT_FOLDER_PREFIX = "lab7_weights_"
+PROCESS_START = time.time()  # about when this process started: the engine is imported at start-up
+
+
+def remove_stale_weight_folders(root: str | None = None) -> list[Path]:
+    """Remove the weight folders (in ``root``, default: the temporary folder) that killed runs left behind: made
+    before this process started, by a process (its pid is in the name) that no longer exists. Returns them."""
+    stale = [folder for folder in Path(root or tempfile.gettempdir()).glob(f"{WEIGHT_FOLDER_PREFIX}*_*")
+             if left_by_a_dead_process(folder)]
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
+def left_by_a_dead_process(folder: Path) -> bool:
+    """Whether ``folder`` (``lab7_weights_<pid>_...``) is older than this process and its process is gone."""
+    pid = folder.name[len(WEIGHT_FOLDER_PREFIX):].split("_")[0]
+    try:
+        if not pid.isdigit() or folder.stat().st_mtime >= PROCESS_START:
+            return False
+        os.kill(int(pid), 0)  # signal 0 sends nothing: it only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except OSError:  # the folder went meanwhile, or the process belongs to another user
+        return False
+    return False
 
 
 @contextmanager
@@ -24,7 +55,10 @@ def weights_on_disk(*models: torch.nn.Module) -> Iterator[None]:
     as the frozen reference) are on disk already: they are only dropped from memory (``drop_file_pages``) and
     read back from the file when next used. Other weights are saved to a temporary file.
     """
-    with tempfile.TemporaryDirectory(prefix="lab7_weights_") as folder:
+    remove_stale_weight_folders()
+    # The folder goes on every exit Python sees (an error, Ctrl-C; ``lab7 run`` turns SIGTERM into one); the
+    # pid in its name lets a later run remove it if this process is killed outright.
+    with tempfile.TemporaryDirectory(prefix=f"{WEIGHT_FOLDER_PREFIX}{os.getpid()}_") as folder:
         parked = []
         for i, model in enumerate(models):
             if drop_file_pages(model):
