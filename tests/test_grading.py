@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -58,14 +57,13 @@ def graded(tmp_path_factory):
     for name, notebook in class_.items():
         (folder / f"{name}.ipynb").write_text(json.dumps(notebook))
     (folder / "henry_notebook.ipynb").write_text("this is not a notebook")
-    started = time.time()
     grades = grade([str(folder)], folder / "out", limits=Limits(wall_seconds=60, todo_seconds=3), progress=False,
                    sandboxed=SANDBOXED)
-    return folder, grades, time.time() - started
+    return folder, grades
 
 
 def test_correct_and_buggy_submissions_get_the_expected_points(graded):
-    folder, grades, _ = graded
+    folder, grades = graded
     assert grades.loc["alice", "total"] == grades.loc["alice", "max"] == FULL_MARKS
     assert grades.loc["alice", "status"] == "graded"
     bob = grades.loc["bob_nograd"]
@@ -73,16 +71,15 @@ def test_correct_and_buggy_submissions_get_the_expected_points(graded):
 
 
 def test_endless_loop_and_memory_bomb_lose_only_their_own_todo(graded):
-    _, grades, elapsed = graded
+    _, grades = graded
     for student, words in (("carol_loop", "longer than 3 s"), ("gina_memory", "MemoryError")):
         row = grades.loc[student]
         assert row["refusal-phrases points"] == 0 and words in row["refusal-phrases hint"], row
         assert row["total"] == FULL_MARKS - 1
-    assert elapsed < 120
 
 
 def test_sandbox_blocks_reading_and_deleting_other_files(graded):
-    folder, grades, _ = graded
+    folder, grades = graded
     for student in ("dave_peeks", "erin_deletes"):
         row = grades.loc[student]
         assert row["dpo-dataset points"] == 0 and "PermissionError" in row["dpo-dataset hint"], row
@@ -92,7 +89,7 @@ def test_sandbox_blocks_reading_and_deleting_other_files(graded):
 
 
 def test_not_a_notebook_and_empty_answers(graded):
-    folder, grades, _ = graded
+    folder, grades = graded
     henry = grades.loc["henry_notebook"]
     assert henry["status"] == "not graded" and "not a notebook" in henry["problem"] and henry["total"] == 0
     answers = pd.read_csv(folder / "out" / "answers.csv", index_col="student", keep_default_na=False)
