@@ -28,13 +28,7 @@ from datasets import Dataset
 import lab7_helpers as lab
 from lab7_helpers import checks
 
-CHECKS = {
-    "kl-loss": lambda ns, pts: checks.check_kl_loss(ns["my_kl_regularized_loss"], pts),
-    "sequence-logprobs": lambda ns, pts: checks.check_sequence_logprobs(ns["my_sequence_logprobs"], pts),
-    "dpo-loss": lambda ns, pts: checks.check_dpo_loss(ns["my_dpo_loss"], pts),
-    "dpo-dataset": lambda ns, pts: checks.check_dpo_dataset(ns["train_ds_dpo"], ns["train_pairs"], pts),
-    "refusal-phrases": lambda ns, pts: checks.check_refusal_phrases(ns["REFUSAL_PHRASES"], pts),
-}
+CHECKS = checks.TODO_CHECKS  # rubric check id -> check(namespace, points); kept beside the checks
 DENIED_EVENTS = {
     "os.system", "os.exec", "os.spawn", "os.posix_spawn", "os.fork", "os.forkpty", "subprocess.Popen",
     "os.remove", "os.rmdir", "os.rename", "shutil.rmtree", "shutil.move", "os.truncate", "os.chmod", "os.chown",
