@@ -72,14 +72,15 @@ print(lab.describe_runtime())
 
 # %% tags=["parameters"]
 MODEL_NAME = os.environ.get("LAB7_MODEL", "gpt2")  # offline: "smollm2-135m" (real) or "tiny-gpt2" (random)
-PAIRS_PATH = os.environ.get("LAB7_PAIRS", "")  # empty: upload yours in Colab, else use the sample data
+PAIRS_PATH = os.environ.get("LAB7_PAIRS", "")  # empty: upload yours (Colab) or use the sample; or a file path
 FAST = os.environ.get("LAB7_FAST") == "1"
 SEED = 0
 KL_BETA, KL_LR, KL_STEPS = 0.05, 5e-5, 5 if FAST else 30
 SWEEP_BETAS = [0.0, 1.0] if FAST else [0.0, 0.05, 0.2, 1.0]
-NO_GRAD_BETAS, NO_GRAD_STEPS, NO_GRAD_PAIRS = [0.0, 1.0, 5.0], 2 if FAST else 8, 4  # the no_grad demo: short
+NO_GRAD_BETAS = [0.0, 5.0] if FAST else [0.0, 1.0, 5.0]  # the no_grad demo: a few betas,
+NO_GRAD_STEPS, NO_GRAD_PAIRS = 2 if FAST else 8, 4  # a few steps, a few pairs
 DPO_BETA, DPO_LR, DPO_EPOCHS = 0.1, 5e-6, 1
-TRL_CPU_PAIRS = 16  # without a GPU, TRL's DPOTrainer trains on this many pairs (about a minute)
+TRL_CPU_PAIRS = 8 if FAST else 16  # without a GPU, TRL's DPOTrainer trains on this many pairs (about a minute)
 MAX_NEW_TOKENS = 20 if FAST else 80
 
 # %% [markdown]

@@ -22,7 +22,8 @@ from lab7_helpers.grading.worker import grading_namespace
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_COLAB = Path(__file__).resolve().parent / "fake_colab"
 SAMPLE = ROOT / "data" / "dpo_pairs.jsonl"
-LAB6_FILES = sorted(p for p in (ROOT / "data").iterdir() if p.suffix in (".jsonl", ".json", ".csv", ".tsv"))
+LAB6_FILES = sorted(p for p in (ROOT / "data").iterdir()  # dpo_pairs.jsonl: the student run uploads it
+                    if p.suffix in (".jsonl", ".json", ".csv", ".tsv") and p != SAMPLE)
 spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "tools" / "build_notebooks.py")
 build_notebooks = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(build_notebooks)
