@@ -6,6 +6,7 @@ repository laid out like the course's."""
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -167,7 +168,7 @@ def test_solution_notebook_runs_end_to_end_in_simulated_colab(monkeypatch, tmp_p
     assert "Traceback" not in everything
     assert "121 usable pairs in dpo_pairs.jsonl" in everything  # the uploaded copy, not the bundled file
     assert "first-step loss: ours 0.693147, TRL 0.693147" in everything
-    assert "TRL on the held-out pairs: loss 0.6931" in everything
+    assert re.search(r"TRL on the held-out pairs: loss 0\.69\d\d, reward accuracy [01]\.\d\d", everything)
     spread = next(outputs_text(c) for c in notebook.cells if "spread across betas" in outputs_text(c))
     assert spread.splitlines()[-1].split() == ["KL", "detached", "0", "0"], spread
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
