@@ -3,8 +3,8 @@
 #     python tools/build_notebooks.py
 # Cells start with "# %%". Inside a code cell, lines between "# >>> solution" and "# >>> student" appear only in
 # the solution; lines between "# >>> student" and "# <<<" (written as "#| ...") appear only in the student
-# version. Tags: colab (runs only in Colab; CI skips it), todo (a student TODO), check (its self-check),
-# answer (a Checkpoint answer cell, with a checkpoint id).
+# version. Tags: colab (does its work only in Colab; the tests run it with a stand-in google.colab), todo (a
+# student TODO), check (its self-check), answer (a Checkpoint answer cell, with a checkpoint id).
 # ---
 
 # %% [markdown]
@@ -26,10 +26,19 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({{COLAB_URL}})
 #
+# > **First: File > Save a copy in Drive**, and work in that copy. A notebook opened from GitHub (the badge) is
+# > saved nowhere: when the runtime disconnects or you close the tab, your work is gone.
+#
 # **How this notebook works.** Cells marked **TODO** are yours: replace each `...` and run the check cell
 # below it, which tells you what is wrong if something is. Tokenization, training loops and metrics live in the
 # small, tested `lab7_helpers` package (imported as `lab`); open its source whenever you wonder how something
-# works. Answer each **Checkpoint** in the cell under it that says *Your answer*.
+# works. Answer each **Checkpoint** in the cell under it that says *Your answer*. If a cell needs a TODO you
+# have not finished yet, it stops and tells you which one.
+#
+# Your name or student id goes into the answers file you hand in. Type it once, here:
+
+# %%
+STUDENT_NAME = ""  # e.g. "Ada Lovelace" or "al123"
 
 # %% [markdown]
 # ## Setup
@@ -40,7 +49,7 @@
 import sys
 
 if "google.colab" in sys.modules:
-    # %pip install -q "lab7_helpers @ git+{{REPO_URL}}" "trl>=0.29,<2"
+    # %pip install -q "{{INSTALL_REQUIREMENT}}" "trl>=0.29,<2"
     pass
 
 # %%
@@ -48,9 +57,11 @@ if "google.colab" in sys.modules:
 import os
 import sys
 
+import pandas as pd
 import torch
 
 import lab7_helpers as lab
+from lab7_helpers import checks
 
 IN_COLAB = "google.colab" in sys.modules
 print(lab.describe_runtime())
@@ -61,31 +72,44 @@ print(lab.describe_runtime())
 
 # %% tags=["parameters"]
 MODEL_NAME = os.environ.get("LAB7_MODEL", "gpt2")  # offline: "smollm2-135m" (real) or "tiny-gpt2" (random)
-PAIRS_PATH = os.environ.get("LAB7_PAIRS", "")  # empty: upload yours in Colab, else use the sample data
+PAIRS_PATH = os.environ.get("LAB7_PAIRS", "")  # empty: upload yours (Colab) or use the sample; or a file path
 FAST = os.environ.get("LAB7_FAST") == "1"
 SEED = 0
 KL_BETA, KL_LR, KL_STEPS = 0.05, 5e-5, 5 if FAST else 30
 SWEEP_BETAS = [0.0, 1.0] if FAST else [0.0, 0.05, 0.2, 1.0]
+NO_GRAD_BETAS = [0.0, 5.0] if FAST else [0.0, 1.0, 5.0]  # the no_grad demo: a few betas,
+NO_GRAD_STEPS, NO_GRAD_PAIRS = 2 if FAST else 8, 4  # a few steps, a few pairs
 DPO_BETA, DPO_LR, DPO_EPOCHS = 0.1, 5e-6, 1
+TRL_CPU_PAIRS = 8 if FAST else 16  # without a GPU, TRL's DPOTrainer trains on this many pairs (about a minute)
 MAX_NEW_TOKENS = 20 if FAST else 80
-RUN_TRL = FAST or torch.cuda.is_available()  # TRL's trainer takes about 6 minutes on a laptop CPU
 
 # %% [markdown]
 # ## Your preference pairs
 #
 # In Colab, the next cell asks for the `dpo_pairs.jsonl` you made in Lab 6. Press **Cancel** to use the
 # sample set the course staff wrote instead (121 pairs over 12 kinds of request).
+#
+# **If the upload button fails** (it needs third-party cookies, which some browsers block): open the **Files**
+# pane (the folder icon on the left), drag your file into it, then set `PAIRS_PATH = "/content/<your file>"` in
+# the settings cell above and run the notebook from there.
 
 # %% tags=["colab"]
 if IN_COLAB and not PAIRS_PATH:
     from google.colab import files
 
-    uploaded = files.upload()
+    try:
+        uploaded = files.upload()  # {file name: contents}; empty if you press Cancel
+    except Exception as err:  # noqa: BLE001 - whatever the browser made the widget raise
+        raise checks.Stop("The upload widget failed: drag your file into the Files pane and set PAIRS_PATH "
+                          "(see the note above this cell).") from err
     PAIRS_PATH = next(iter(uploaded), "")
 
 # %%
 pairs_file = PAIRS_PATH or lab.BUNDLED_PAIRS
-pairs = lab.load_pairs(pairs_file)
+try:
+    pairs = lab.load_pairs(pairs_file)
+except (lab.PairFileError, FileNotFoundError) as err:
+    raise checks.Stop(str(err)) from None  # the message names every bad line; a traceback would only hide it
 print(f"{len(pairs)} usable pairs in {pairs_file}")
 pairs[0]
 
@@ -133,10 +157,6 @@ print(f"{len(train_pairs)} pairs for training, {len(test_pairs)} held out")
 # at each position we compare the two next-token distributions over the whole vocabulary,
 # $\sum_v \pi_\theta(v)\,[\log \pi_\theta(v) - \log \pi_{ref}(v)]$.
 #
-# **A trap that popular tutorials fall into.** The KL must carry gradient. If it is computed under
-# `torch.no_grad()` (or `.detach()`ed), the loss *prints* a KL term, but the update ignores it: every $\beta$
-# trains exactly the same model. The original version of this lab had that bug.
-#
 # The model sees `format_prompt(prompt) + response` everywhere in this lab, in training and in generation:
 
 # %%
@@ -148,11 +168,33 @@ ref_model = lab.freeze(base_model)  # eval mode, no gradients: the reference, an
 print(f"{MODEL_NAME}: {sum(p.numel() for p in ref_model.parameters()) / 1e6:.1f}M parameters")
 
 # %% [markdown]
-# ### TODO 1: the KL-regularized loss
-# `lab.token_logprobs` gives the log-probability of every next token and a mask that is `True` on response
-# tokens; `lab.token_kl` gives the exact KL at every position. Combine them.
+# ### TODO 1: the exact KL, and the KL-regularized loss
+# Write the KL yourself, from `torch.log_softmax`: at every position, with $p = \pi_\theta$ and $r = \pi_{ref}$,
+# $\mathrm{KL} = \sum_v p(v)\,[\log p(v) - \log r(v)]$, a sum over the whole vocabulary (the last dimension).
+# Work in log-probabilities and get $p$ as `exp(log p)`: a softmax of 50,000 logits underflows, its log does not.
+#
+# **Why it must keep its gradient.** The KL term only pulls the model back if `loss.backward()` can see how the
+# KL depends on the policy's logits. Computed under `torch.no_grad()` (or `.detach()`ed), it still *prints*, but
+# it adds nothing to the gradient: every $\beta$ trains exactly the same model. The original version of this lab
+# had that bug; a cell below shows it.
+#
+# Then combine it with the NLL. `lab.token_logprobs` gives the log-probability of every next token and a mask
+# that is `True` on response tokens (you write that shift, gather and mask yourself in TODO 2).
 
 # %% tags=["todo"] todo="kl-loss"
+def my_token_kl(policy_logits, ref_logits):
+    """Exact KL(pi_theta || pi_ref) at every position. [B, T, V] each -> [B, T]. Keep the gradient."""
+    # >>> solution
+    policy_logps = torch.log_softmax(policy_logits, dim=-1)
+    ref_logps = torch.log_softmax(ref_logits, dim=-1)
+    return (policy_logps.exp() * (policy_logps - ref_logps)).sum(dim=-1)
+    # >>> student
+    #| policy_logps = ...  # TODO: log-probabilities over the vocabulary (torch.log_softmax, last dimension)
+    #| ref_logps = ...  # TODO: the same for the reference
+    #| return ...  # TODO: sum over the vocabulary of p * (log p - log r), with p = policy_logps.exp()
+    # <<<
+
+
 def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
     """loss = NLL + beta * KL, both means over response tokens.
 
@@ -160,7 +202,7 @@ def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
     Returns (loss, nll, kl), three scalars.
     """
     token_logps, mask = lab.token_logprobs(policy_logits, labels)  # [B, T-1] each
-    kl_per_position = lab.token_kl(policy_logits[:, :-1], ref_logits[:, :-1])  # [B, T-1]
+    kl_per_position = my_token_kl(policy_logits[:, :-1], ref_logits[:, :-1])  # [B, T-1], aligned with the mask
     # >>> solution
     nll = -token_logps[mask].mean()
     kl = kl_per_position[mask].mean()
@@ -174,7 +216,8 @@ def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
 
 
 # %% tags=["check"]
-lab.check_kl_loss(my_kl_regularized_loss)
+display(checks.check_token_kl(my_token_kl))
+display(checks.check_kl_loss(my_kl_regularized_loss))
 
 # %% [markdown]
 # ### Checkpoint 2
@@ -184,26 +227,83 @@ lab.check_kl_loss(my_kl_regularized_loss)
 # *Your answer:*
 
 # %% [markdown]
-# Now train a copy of the base model with **your** loss function. The reference never changes, so its logits
-# are computed once, up front, without gradients (and its weights wait on disk meanwhile, to save memory); the
-# copy is updated `KL_STEPS` times, one pair per step. To save time, both models' logits are computed only where
-# a response token is predicted: your loss gets zeros at prompt and padding positions, which its mask skips.
+# Now train a copy of the base model with **your** loss function, `KL_STEPS` steps of one pair each. The
+# reference never changes, so its logits are computed without gradients.
 
 # %%
+checks.require(checks.check_kl_loss(my_kl_regularized_loss))  # stops here while TODO 1 still has ... in it
 policy_kl = lab.trainable_copy(ref_model)
 kl_history = lab.train_kl(policy_kl, ref_model, tokenizer, train_pairs, beta=KL_BETA, lr=KL_LR,
                           steps=KL_STEPS, seed=SEED, loss_fn=my_kl_regularized_loss)
 lab.plot_kl_history(kl_history)
 
 # %% [markdown]
-# One value of $\beta$ tells you little. The sweep below trains a fresh copy for each $\beta$ and then
-# measures, on the training prompts, how well it imitates the chosen responses (NLL, lower is closer) and how
-# far it drifted from the reference (KL).
+# ### One step of `train_kl`, without the speed tricks
+# On a CPU, `train_kl` computes the logits only where a response token is predicted and runs a fused optimizer
+# step: faster, same numbers. Here is its first step in plain lines, on a fresh copy: forward both models, the
+# loss, backward, clip the gradient norm, one AdamW step. Its loss, NLL and KL equal row 1 of `kl_history`.
 
 # %%
-sweep = lab.kl_beta_sweep(ref_model, tokenizer, train_pairs, SWEEP_BETAS, lr=KL_LR, steps=KL_STEPS, seed=SEED)
+checks.require(checks.check_kl_loss(my_kl_regularized_loss))
+policy = lab.trainable_copy(ref_model)
+optimizer = torch.optim.AdamW(policy.parameters(), lr=KL_LR, weight_decay=0.0)  # as train_kl (TRL's defaults)
+first = lab.training.batches(len(train_pairs), 1, KL_STEPS, SEED)[0][0]  # the pair train_kl saw first
+encoded = lab.encode_pair(tokenizer, train_pairs[first]["prompt"], train_pairs[first]["chosen"])
+batch = {k: v.to(policy.device) for k, v in lab.pad_batch([encoded], tokenizer.pad_token_id).items()}
+amp, _ = lab.training.autocast(policy.device)  # mixed precision on a GPU, as in train_kl; nothing on a CPU
+with amp():
+    with torch.no_grad():  # the reference is frozen
+        ref_logits = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    loss, nll, kl = my_kl_regularized_loss(logits, ref_logits, batch["labels"], KL_BETA)
+loss.backward()
+torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm=1.0)
+optimizer.step()
+optimizer.zero_grad()
+
+# %%
+plain = pd.Series({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
+print(pd.DataFrame({"plain step": plain, "train_kl, step 1": kl_history.iloc[0]}).to_string(float_format="%.7f"))
+assert (plain - kl_history.iloc[0]).abs().max() <= 1e-6 * max(1.0, plain.abs().max())
+del policy, optimizer
+
+# %% [markdown]
+# One value of $\beta$ tells you little. The sweep below trains a fresh copy for each $\beta$ with your loss,
+# then measures, on the training prompts, how well it imitates the chosen responses (NLL, lower is closer) and
+# how far it drifted from the reference (KL).
+
+# %%
+checks.require(checks.check_kl_loss(my_kl_regularized_loss))
+sweep = lab.kl_beta_sweep(ref_model, tokenizer, train_pairs, SWEEP_BETAS, lr=KL_LR, steps=KL_STEPS, seed=SEED,
+                          loss_fn=my_kl_regularized_loss)
 display(sweep)
 lab.plot_beta_sweep(sweep)
+
+# %% [markdown]
+# ### The `no_grad` bug, live
+# The same sweep, short and on a few pairs, twice: with your loss, and with your loss after `.detach()` cuts its
+# KL off from autograd (what `@torch.no_grad()` on the KL function did in the original lab). The detached KL
+# still prints, yet every $\beta$ ends at the same point: its spread across betas is exactly 0.
+
+# %%
+def kl_loss_detached(policy_logits, ref_logits, labels, beta):
+    """Your loss with the KL detached: its value is there, its gradient is not."""
+    loss, nll, kl = my_kl_regularized_loss(policy_logits, ref_logits, labels, beta)
+    return nll + beta * kl.detach(), nll, kl
+
+
+# %%
+checks.require(checks.check_kl_loss(my_kl_regularized_loss))
+short = dict(lr=KL_LR, steps=NO_GRAD_STEPS, seed=SEED, progress=False)
+no_grad_demo = pd.concat({
+    "KL with gradient": lab.kl_beta_sweep(ref_model, tokenizer, train_pairs[:NO_GRAD_PAIRS], NO_GRAD_BETAS,
+                                          loss_fn=my_kl_regularized_loss, **short),
+    "KL detached": lab.kl_beta_sweep(ref_model, tokenizer, train_pairs[:NO_GRAD_PAIRS], NO_GRAD_BETAS,
+                                     loss_fn=kl_loss_detached, **short),
+}, axis=1)
+display(no_grad_demo)
+print("spread across betas (max - min):")
+print((no_grad_demo.max() - no_grad_demo.min()).unstack().to_string(float_format="%.3g"))
 
 # %% [markdown]
 # ### Checkpoint 3
@@ -242,46 +342,66 @@ lab.plot_beta_sweep(sweep)
 
 # %% [markdown]
 # ### TODO 2: DPO by hand
-# Write the two pieces of DPO yourself: the summed log-probability of a response, and the loss of each pair.
+# Write the two pieces of DPO yourself.
+#
+# 1. `my_sequence_logprobs`: $\log \pi(y|x)$ of each sequence. **Shift by one** (the logits at position $t-1$
+#    score the token at position $t$), take `log_softmax` over the vocabulary, **gather** the log-prob of each
+#    label token, **mask** the positions whose label is -100 (prompt and padding), and **sum** (not a mean).
+# 2. `my_dpo_loss`: the loss of each pair, and the implicit rewards $\beta \cdot$ log-ratio that TRL logs. The
+#    rewards are for logging only: **detach** them, so they can never feed a gradient.
 
 # %% tags=["todo"] todo="dpo-by-hand"
 def my_sequence_logprobs(logits, labels):
     """log pi(y|x): the SUM of next-token log-probs over response tokens. logits [B, T, V], labels [B, T] -> [B]."""
-    token_logps, mask = lab.token_logprobs(logits, labels)  # [B, T-1]; token_logps is 0 where mask is False
     # >>> solution
-    return token_logps.sum(dim=-1)
+    logits, labels = logits[:, :-1], labels[:, 1:]  # position t-1 scores token t
+    mask = labels != -100
+    logps = torch.log_softmax(logits, dim=-1)  # [B, T-1, V]
+    picked = logps.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+    return (picked * mask).sum(dim=-1)
     # >>> student
-    #| return ...  # TODO
+    #| logits, labels = ...  # TODO: shift by one: drop the last position of the logits, the first of the labels
+    #| mask = ...  # TODO: True where a response token is scored (label is not -100)
+    #| logps = ...  # TODO: log-probabilities over the vocabulary
+    #| picked = ...  # TODO: the log-prob of each label token: gather (-100 is no index: labels.clamp(min=0))
+    #| return ...  # TODO: the SUM over response tokens (use the mask)
     # <<<
 
 
 def my_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta):
-    """One DPO loss per pair, [B], from summed log-probs (each argument is [B])."""
+    """DPO from summed log-probs (each [B]) -> (losses [B], chosen_rewards [B], rejected_rewards [B])."""
     # >>> solution
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return -torch.nn.functional.logsigmoid(beta * margin)
+    chosen_logratio = policy_chosen - ref_chosen
+    rejected_logratio = policy_rejected - ref_rejected
+    losses = -torch.nn.functional.logsigmoid(beta * (chosen_logratio - rejected_logratio))
+    return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
     # >>> student
-    #| margin = ...  # TODO: chosen log-ratio minus rejected log-ratio
-    #| return ...  # TODO: -log sigmoid(beta * margin); torch.nn.functional.logsigmoid is numerically stable
+    #| chosen_logratio = ...  # TODO: log pi(y+|x) - log pi_ref(y+|x)
+    #| rejected_logratio = ...  # TODO: the same for y-
+    #| losses = ...  # TODO: -log sigmoid(beta * margin); torch.nn.functional.logsigmoid is numerically stable
+    #| return losses, ..., ...  # TODO: the implicit rewards beta * log-ratio, detached
     # <<<
 
 
 # %% tags=["check"]
-display(lab.check_sequence_logprobs(my_sequence_logprobs))
-display(lab.check_dpo_loss(my_dpo_loss))
+display(checks.check_sequence_logprobs(my_sequence_logprobs))
+display(checks.check_dpo_loss(my_dpo_loss))
 
 # %% [markdown]
 # Your functions on the first training pair, before any DPO training (the policy still equals the
-# reference). Why is the loss exactly $\log 2 \approx 0.693$?
+# reference). Why is the loss exactly $\log 2 \approx 0.693$, and both rewards 0?
 
 # %%
-batch = lab.encode_pairs_for_dpo(tokenizer, train_pairs[:1])
+checks.require(checks.check_sequence_logprobs(my_sequence_logprobs), checks.check_dpo_loss(my_dpo_loss))
+batch = lab.encode_pairs_for_dpo(tokenizer, train_pairs[:1])  # row 0: prompt + chosen, row 1: prompt + rejected
 with torch.no_grad():
     logits = ref_model(input_ids=batch["input_ids"].to(ref_model.device),
                        attention_mask=batch["attention_mask"].to(ref_model.device)).logits
     chosen_logp, rejected_logp = my_sequence_logprobs(logits, batch["labels"].to(logits.device))
+losses, chosen_reward, rejected_reward = my_dpo_loss(chosen_logp, rejected_logp, chosen_logp, rejected_logp,
+                                                     DPO_BETA)
 print(f"log pi(chosen|x) = {chosen_logp:.2f}, log pi(rejected|x) = {rejected_logp:.2f}")
-print(f"DPO loss at the start: {my_dpo_loss(chosen_logp, rejected_logp, chosen_logp, rejected_logp, DPO_BETA):.4f}")
+print(f"DPO loss at the start: {losses:.4f}; rewards: chosen {chosen_reward:.4f}, rejected {rejected_reward:.4f}")
 
 # %% [markdown]
 # ### TODO 3: the DPO datasets
@@ -303,13 +423,13 @@ eval_ds_dpo = Dataset.from_list([{"prompt": lab.format_prompt(p["prompt"]), "cho
 # <<<
 
 # %% tags=["check"]
-display(lab.check_dpo_dataset(train_ds_dpo, train_pairs))
-display(lab.check_dpo_dataset(eval_ds_dpo, test_pairs))
+display(checks.check_dpo_dataset(train_ds_dpo, train_pairs))
+display(checks.check_dpo_dataset(eval_ds_dpo, test_pairs))
 
 # %% [markdown]
-# Train a fresh copy of the base model with DPO. The helpers' loop computes the reference log-probs once, up
-# front, then runs each pair's chosen and rejected responses through the model together. The plot shows the
-# loss and the implicit rewards TRL would log.
+# Train a fresh copy of the base model with DPO, first with the helpers' own loop. It computes the reference
+# log-probs once, up front, then runs each pair's chosen and rejected responses through the model together.
+# The plot shows the loss and the implicit rewards.
 
 # %%
 policy_dpo = lab.trainable_copy(ref_model)
@@ -318,20 +438,48 @@ dpo_history = lab.train_dpo(policy_dpo, ref_model, tokenizer, train_pairs, beta=
 lab.plot_dpo_history(dpo_history)
 
 # %% [markdown]
-# The same training through TRL's `DPOTrainer` and your dataset (on a GPU runtime; on a CPU it would take
-# several minutes, so it is skipped there). Both start at $\log 2$; their losses agree to about $10^{-5}$
-# whenever they see the same pairs.
+# ### DPO with TRL
+# Now the same training with TRL's `DPOTrainer`, the library you would use outside this lab, on your datasets.
+# Every setting the lab chooses is in the config below; the rest are TRL's defaults. On a GPU it trains on all
+# your training pairs; on a CPU on the first `TRL_CPU_PAIRS` (about a minute). It is then evaluated on the
+# held-out pairs.
 
 # %%
-models = {"base": ref_model, "kl": policy_kl, "dpo": policy_dpo}
-if RUN_TRL:
-    policy_trl = lab.trainable_copy(ref_model)
-    trl_history = lab.train_dpo_trl(policy_trl, ref_model, tokenizer, train_pairs, beta=DPO_BETA, lr=DPO_LR,
-                                    epochs=DPO_EPOCHS, seed=SEED, dataset=train_ds_dpo)
-    models["dpo_trl"] = policy_trl
-    print(f"first-step loss: ours {dpo_history['loss'].iloc[0]:.6f}, TRL {trl_history['loss'].iloc[0]:.6f}")
-else:
-    print("Skipped TRL's DPOTrainer on this CPU runtime (set RUN_TRL = True to run it anyway).")
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+on_gpu = torch.cuda.is_available()
+config = DPOConfig(
+    output_dir="dpo_out",  # TRL wants a folder; with save_strategy="no" nothing is written to it
+    beta=DPO_BETA,  # how strongly the loss ties the policy to the reference (the same beta as above)
+    learning_rate=DPO_LR,  # TRL's default is 1e-6; the lab uses 5e-6, as our own loop
+    num_train_epochs=DPO_EPOCHS,
+    per_device_train_batch_size=1,  # one pair per step, as our own loop
+    per_device_eval_batch_size=1,
+    max_length=256,  # prompt + response tokens, as everywhere in the lab (max_prompt_length is gone in TRL 0.29)
+    seed=SEED,
+    logging_steps=1,  # log the loss and the rewards at every step
+    save_strategy="no",  # no checkpoints
+    report_to="none",  # no experiment trackers
+    gradient_checkpointing=False,  # TRL's default recomputes activations to save memory: slower, not needed here
+    use_cpu=not on_gpu,
+    **lab.trl_dpo.precision_flags("cuda" if on_gpu else "cpu"),  # bf16 or fp16 on a GPU; TRL's bf16 fails on CPUs
+)
+
+# %%
+checks.require(checks.check_dpo_dataset(train_ds_dpo, train_pairs))
+policy_trl = lab.trainable_copy(ref_model)
+trainer = DPOTrainer(model=policy_trl, ref_model=ref_model, args=config, processing_class=tokenizer,
+                     train_dataset=train_ds_dpo if on_gpu else train_ds_dpo.select(range(min(TRL_CPU_PAIRS,
+                                                                                                len(train_ds_dpo)))),
+                     eval_dataset=eval_ds_dpo)
+trainer.train()
+trl_eval = trainer.evaluate()  # on the held-out pairs
+for model in (policy_trl, ref_model):  # TRL swapped in its own forward; the lab goes on with the models' own
+    lab.models.remove_forward_patch(model)
+trl_first_loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+print(f"first-step loss: ours {dpo_history['loss'].iloc[0]:.6f}, TRL {trl_first_loss:.6f}")
+print(f"TRL on the held-out pairs: loss {trl_eval['eval_loss']:.4f}, "
+      f"reward accuracy {trl_eval['eval_rewards/accuracies']:.2f}")
 
 # %% [markdown]
 # ## Part 3: Evaluation
@@ -363,6 +511,8 @@ REFUSAL_PHRASES = ["I can't help with", "I cannot help with", "I can't assist", 
 lab.check_refusal_phrases(REFUSAL_PHRASES)
 
 # %%
+checks.require(checks.check_refusal_phrases(REFUSAL_PHRASES))
+models = {"base": ref_model, "kl": policy_kl, "dpo": policy_dpo, "dpo_trl": policy_trl}
 metrics, generations = lab.evaluate_models(models, ref_model, tokenizer, test_pairs, beta=DPO_BETA, seed=SEED,
                                            max_new_tokens=MAX_NEW_TOKENS, refusal_phrases=REFUSAL_PHRASES)
 display(metrics.round(3))
@@ -412,12 +562,17 @@ generations.style.set_properties(**{"white-space": "pre-wrap", "text-align": "le
 
 # %% [markdown]
 # ## Hand in
-# Save the notebook (**File > Save**) and hand in the `.ipynb` file. If your course collects answers separately,
-# the next cell saves your TODO code and Checkpoint answers to `lab7_answers.json` (and downloads it in Colab;
-# elsewhere, save first and call `lab.export_answers(notebook_path="lab7.ipynb")`).
+# 1. **Download this notebook**: **File > Download > Download .ipynb**. That file, with your code, outputs and
+#    answers, is what you hand in. (Your copy in Drive keeps your work; the downloaded file is what is graded.)
+# 2. If your course also collects answers separately, the next cell saves your TODO code, your Checkpoint
+#    answers and your `STUDENT_NAME` to `lab7_answers.json` and downloads it. Outside Colab, save the notebook
+#    first (answers typed since the last save are not in the file).
 
 # %% tags=["colab"]
-if IN_COLAB:
-    lab.export_answers()
+if not IN_COLAB:
+    print('Save this notebook, then run: lab.export_answers(notebook_path="lab7.ipynb", student=STUDENT_NAME)')
+elif not STUDENT_NAME.strip():
+    raise checks.Stop("Type your name or student id into STUDENT_NAME near the top, run that cell, then run this "
+                      "one again.")
 else:
-    print('Save this notebook, then run: lab.export_answers(notebook_path="lab7.ipynb")')
+    lab.export_answers(student=STUDENT_NAME)

@@ -3,8 +3,9 @@
     python tools/build_notebooks.py          # write the files
     python tools/build_notebooks.py --check  # exit 1 if a committed file is out of date
 
-The repository URL lives in one place, ``[project.urls] Repository`` in pyproject.toml; the Colab badge and the
-notebook's install cell are built from it.
+Where the lab is hosted lives in one place, ``[tool.lab7]`` in pyproject.toml: the course ``repository`` and the
+``subdirectory`` that holds this project. The Colab badge (README and notebook), the notebook's install cell and
+``[project.urls] Repository`` are built from it.
 """
 
 from __future__ import annotations
@@ -22,18 +23,28 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "notebook" / "lab7.py"
 OUTPUTS = {"student": ROOT / "lab7.ipynb", "solution": ROOT / "instructor" / "lab7_solution.ipynb"}
 README = ROOT / "README.md"
+PYPROJECT = ROOT / "pyproject.toml"
+BRANCH = "main"  # the branch Colab opens
 BADGE = re.compile(r"<!-- colab-badge -->.*?<!-- /colab-badge -->", re.DOTALL)
+PROJECT_URL = re.compile(r'^Repository = ".*"$', re.MULTILINE)
 MAGIC = re.compile(r"^(\s*)# (%(?!%)\w.*)$")
 HEADER = re.compile(r"^# %%(?: \[(?P<kind>markdown)\])?(?P<meta>.*)$")
 
 
-def repo_url() -> str:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"].rstrip("/")
+def hosting() -> tuple[str, str]:
+    """``(repository URL, subdirectory)`` from ``[tool.lab7]`` in pyproject.toml."""
+    settings = tomllib.loads(PYPROJECT.read_text())["tool"]["lab7"]
+    return settings["repository"].rstrip("/"), settings["subdirectory"].strip("/")
 
 
-def colab_url(url: str) -> str:
-    owner_repo = url.split("github.com/", 1)[1]
-    return f"https://colab.research.google.com/github/{owner_repo}/blob/main/lab7.ipynb"
+def install_requirement(repository: str, subdirectory: str) -> str:
+    """What the notebook's ``%pip install`` asks for: the package from the course repository's folder."""
+    return f"lab7_helpers @ git+{repository}.git#subdirectory={subdirectory}"
+
+
+def colab_url(repository: str, subdirectory: str) -> str:
+    owner_repo = repository.split("github.com/", 1)[1]
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{BRANCH}/{subdirectory}/lab7.ipynb"
 
 
 def parse_metadata(text: str) -> dict:
@@ -75,14 +86,15 @@ def markdown_for(lines: list[str]) -> str:
     return "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in lines).strip("\n")
 
 
-def build(variant: str, source: str | None = None, url: str | None = None) -> nbformat.NotebookNode:
+def build(variant: str, source: str | None = None) -> nbformat.NotebookNode:
     """The notebook of ``variant`` ("student" or "solution") as an nbformat node, without outputs."""
     source = source if source is not None else SOURCE.read_text()
-    url = url or repo_url()
+    where = hosting()
     cells = []
     for index, (kind, meta, lines) in enumerate(split_cells(source)):
         text = markdown_for(lines) if kind == "markdown" else code_for(lines, variant)
-        text = text.replace("{{REPO_URL}}", url).replace("{{COLAB_URL}}", colab_url(url))
+        text = text.replace("{{INSTALL_REQUIREMENT}}", install_requirement(*where))
+        text = text.replace("{{COLAB_URL}}", colab_url(*where))
         make = nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell
         cell = make(text, metadata=meta)
         cell["id"] = f"cell-{index:03d}"  # stable ids keep the committed files diff-able
@@ -100,11 +112,13 @@ def build(variant: str, source: str | None = None, url: str | None = None) -> nb
 
 def rendered() -> dict[Path, str]:
     """Every generated file and its expected text."""
-    url = repo_url()
-    files = {path: nbformat.writes(build(variant, url=url)) + "\n" for variant, path in OUTPUTS.items()}
+    repository, subdirectory = hosting()
+    files = {path: nbformat.writes(build(variant)) + "\n" for variant, path in OUTPUTS.items()}
     badge = (f"<!-- colab-badge -->[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-             f"({colab_url(url)})<!-- /colab-badge -->")
+             f"({colab_url(repository, subdirectory)})<!-- /colab-badge -->")
     files[README] = BADGE.sub(badge, README.read_text())
+    files[PYPROJECT] = PROJECT_URL.sub(f'Repository = "{repository}/tree/{BRANCH}/{subdirectory}"',
+                                       PYPROJECT.read_text())
     return files
 
 
@@ -120,7 +134,7 @@ def main() -> int:
     for path, text in rendered().items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    print("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in (*OUTPUTS.values(), README)))
+    print("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in rendered()))
     return 0
 
 

@@ -36,16 +36,10 @@ from .page import render_grading
 from .submissions import Handin, answer_problems, collect
 from .worker import DTYPES, encode
 
-# check id -> (the self-check, the names in the student's namespace it is given, in order; then the points).
-JUDGES: dict[str, tuple[Callable, tuple[str, ...]]] = {
-    "kl-loss": (checks.check_kl_loss, ("my_kl_regularized_loss",)),
-    "sequence-logprobs": (checks.check_sequence_logprobs, ("my_sequence_logprobs",)),
-    "dpo-loss": (checks.check_dpo_loss, ("my_dpo_loss",)),
-    # the grader's own pairs, not the student's train_pairs (which the TODO cell could change)
-    "dpo-dataset": (lambda dataset, points: checks.check_dpo_dataset(dataset, checks.GRADING_PAIRS, points),
-                    ("train_ds_dpo",)),
-    "refusal-phrases": (checks.check_refusal_phrases, ("REFUSAL_PHRASES",)),
-}
+# check id -> (the self-check, the names in the student's namespace it is given): the notebook's own mapping
+JUDGES: dict[str, tuple[Callable, tuple[str, ...]]] = {cid: (todo.check, todo.names)
+                                                       for cid, todo in checks.TODO_CHECKS.items()}
+GRADER_VALUES = {"train_pairs": checks.GRADING_PAIRS}  # the grader's own, not what a TODO cell may have changed
 MAX_REPLY_BYTES = 8 * 2**20  # one reply from a worker; more is a flood that costs that submission
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
 LAB_PROBLEMS = {  # the status of a file that is not this course's Lab 7, and what the instructor can do
@@ -198,9 +192,9 @@ class Worker:
 class RemoteFunction:
     """A student's function as the checks see it: called on the grader's inputs, computed in the sandbox.
 
-    Returned tensors are rebuilt here. A scalar that needs a gradient comes with its gradient for each input, and
-    is rebuilt as ``value + sum((x * g).sum() - (x * g).sum().detach())``: the same value, and ``backward()``
-    gives each input ``x`` the gradient ``g`` the student's code produced.
+    Returned tensors are rebuilt here. A tensor that needs a gradient comes with its sum's gradient ``g`` for each
+    input ``x``, and is rebuilt as ``value + sum((x * g).sum() - (x * g).sum().detach()) / value.numel()``: the
+    same value, and ``value.sum().backward()`` gives each input the gradient the student's code produced.
     """
 
     def __init__(self, worker: Worker, name: str):
@@ -274,7 +268,8 @@ def decode(item, inputs=(), worker: Worker | None = None, depth: int = 0):
             if any(x.shape != g.shape for x, g in pairs):
                 raise ValueError("a gradient of the wrong shape")
             links = [(x * g).sum() - (x * g).sum().detach() for x, g in pairs]
-            return tensor + sum(links).to(tensor.dtype) if links else tensor.requires_grad_(True)
+            # spread over the elements, so that the sum's gradient (what the checks take) is each input's g
+            return tensor + (sum(links) / tensor.numel()).to(tensor.dtype) if links else tensor.requires_grad_(True)
         return tensor
     (kind, value), = item.items()
     if kind == "ellipsis":
@@ -309,6 +304,9 @@ def _judge(check_id: str, check: dict, worker: Worker) -> dict:
     function, names = JUDGES[check_id]
     values = []
     for name in names:
+        if name in GRADER_VALUES:
+            values.append([dict(p) for p in GRADER_VALUES[name]])
+            continue
         try:
             values.append(decode_reply(worker.request({"get": name}, worker.limits.todo_seconds + 2), (), worker))
         except WorkerFailed:

@@ -307,8 +307,10 @@ def read_submission(path: str | Path, checkpoints: list[str] | None = None) -> d
     return extract(data, checkpoints)
 
 
-def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | Path | None = None) -> Path:
-    """Save this notebook's TODO code and Checkpoint answers to ``path`` (and download it, in Colab).
+def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | Path | None = None,
+                   student: str = "") -> Path:
+    """Save this notebook's TODO code and Checkpoint answers, with the ``student``'s name or id, to ``path`` (and
+    download it, in Colab).
 
     In Colab the notebook is read from the running session; elsewhere pass ``notebook_path`` (save the notebook
     first: answers typed since the last save are not in the file).
@@ -323,7 +325,7 @@ def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | 
         notebook = json.loads(Path(notebook_path or "lab7.ipynb").read_text(encoding="utf-8"))
     work = extract(notebook)
     path = Path(path)
-    path.write_text(json.dumps({"format": "lab7-answers", **work}, indent=2, ensure_ascii=False) + "\n",
+    path.write_text(json.dumps({"format": "lab7-answers", "student": student, **work}, indent=2, ensure_ascii=False) + "\n",
                     encoding="utf-8")
     empty = [k for k, v in work["answers"].items() if not v]
     print(f"Saved {len(work['answers'])} answers and {len(work['todos'])} TODO cells to {path}."

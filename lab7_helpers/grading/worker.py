@@ -6,8 +6,8 @@ its imports are done (so that the TODO cells' time limit does not include import
    reply ``{"todos": {todo_id: null or "the TODO cell raised ..."}}``.
 2. ``{"get": name}``: reply ``{"value": <encoded value of that name>}``;
    ``{"call": name, "args": [<encoded>, ...]}``: call the student's function on the grader's inputs; reply
-   ``{"value": <encoded result>}``, where each scalar tensor that needs a gradient also carries ``"grads"``: its
-   gradient with respect to each argument that needs one. Errors reply ``{"error": [type name, message]}``.
+   ``{"value": <encoded result>}``, where each tensor that needs a gradient also carries ``"grads"``: the gradient
+   of its sum with respect to each argument that needs one. Errors reply ``{"error": [type name, message]}``.
 Values are plain JSON (see ``encode``), never pickle: the grader decodes data, compares it with its own expected
 values and awards the points itself. Whatever this process prints, patches or forges is only data the grader may
 reject; it cannot change how points are awarded.
@@ -101,12 +101,12 @@ def decode_argument(item):
 
 
 def with_gradients(result, inputs: list[torch.Tensor]):
-    """``encode(result)``, adding to each scalar tensor that needs a gradient its gradient for each input."""
+    """``encode(result)``, adding to each tensor that needs a gradient the gradient of its sum for each input."""
     encoded = encode(result)
     outputs = [result] if isinstance(result, torch.Tensor) else list(result) if isinstance(result, tuple) else []
     items = [encoded] if isinstance(result, torch.Tensor) else encoded.get("tuple", []) if outputs else []
     for output, item in zip(outputs, items):
-        if isinstance(output, torch.Tensor) and output.requires_grad and output.numel() == 1 and inputs:
+        if isinstance(output, torch.Tensor) and output.requires_grad and inputs:
             grads = torch.autograd.grad(output.sum(), inputs, retain_graph=True, allow_unused=True)
             item["grads"] = [None if g is None else encode(g) for g in grads]
     return encoded
