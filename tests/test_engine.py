@@ -103,4 +103,4 @@ def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
     assert [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()] == lines
 
 
-ORIGINAL_SETTINGS: list[str] = []  # the flags that select the original lab's settings, once defaults change
+ORIGINAL_SETTINGS = ["--original-settings"]  # the original lab's settings (one DPO pass), as the fixture ran them
