@@ -31,7 +31,7 @@ def test_student_and_solution_differ_only_in_todo_cells():
         assert "..." in student.cells[i].source and "TODO" in student.cells[i].source
         assert "TODO" not in solution.cells[i].source and "#|" not in student.cells[i].source
     answers = [c.metadata["checkpoint"] for c in student.cells if "answer" in tags(c)]
-    assert len(answers) == len(set(answers)) == 9
+    assert len(answers) == len(set(answers)) == 10
     install = next(c.source for c in student.cells if "%pip install" in c.source)
     assert build_notebooks.repo_url() in install and "torch" not in install.replace("Colab's torch", "")
 

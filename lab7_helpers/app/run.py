@@ -24,11 +24,12 @@ from .report import render_report, save_csv, save_figure, save_generations, writ
 from ..training import kl_beta_sweep, train_dpo, train_kl
 
 
-# DPO's passes over the training pairs scale with the data: at least DPO_MIN_STEPS steps (with 14 training pairs,
-# one pass of the original lab moved smollm2-135m by a KL of 0.004 nats per token: nothing to see), at most
-# DPO_MAX_EPOCHS passes (more repeats of a small file overfit it). Measurements: README, "Choosing the defaults".
-DPO_MIN_STEPS = 60
-DPO_MAX_EPOCHS = 6
+# DPO's passes over the training pairs scale with the data: at least DPO_MIN_STEPS steps, at most DPO_MAX_EPOCHS
+# passes (repeating a small file many times overfits it: smollm2-135m's training loss halved in the 2nd pass over
+# 14 pairs). Measured on 14 training pairs: held-out KL to the reference 0.014 after one pass, 0.037 after two,
+# against 0.109 after the sample's one pass of 97 steps. Details: README, "Defaults that scale with your data".
+DPO_MIN_STEPS = 50
+DPO_MAX_EPOCHS = 4
 ORIGINAL_LAB = {"dpo_epochs": 1}  # what ``--original-settings`` restores: the settings where the defaults differ
 
 
