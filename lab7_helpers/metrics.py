@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
+
+import torch
 
 from .scoring import pair_logprobs
 
@@ -28,6 +31,18 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 
 
 def repetition_score(text: str) -> float:
+    """The original lab's repetition: ``1 - unique words / words`` (0.0 for texts under 10 words).
+
+    Words are lower-cased, punctuation dropped. Ordinary prose repeats "the" and "a", so even good text scores
+    above 0; compare models with each other, not with 0. ``trigram_repetition`` looks for repeated phrases.
+    """
+    words = _words(text)
+    if len(words) < 10:
+        return 0.0
+    return 1.0 - len(set(words)) / len(words)
+
+
+def trigram_repetition(text: str) -> float:
     """Share of word trigrams in ``text`` that repeat an earlier trigram: 0.0 for varied text, near 1.0 for a loop.
 
     Words are lower-cased, punctuation dropped. Texts with fewer than 4 words score 0.0 (nothing can repeat).
@@ -92,3 +107,39 @@ def reward_accuracy(model, ref, tokenizer, pairs: Sequence[dict], beta: float, b
     margins = implicit_reward_margins(pair_logprobs(model, tokenizer, pairs, batch_size, max_length),
                                       pair_logprobs(ref, tokenizer, pairs, batch_size, max_length), beta)
     return (margins > 0).float().mean().item()
+
+
+# Intervals: a held-out figure from a handful of pairs is a guess; these say how good a guess. 95% by default.
+Z_95 = 1.959964
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a rate ``successes / n`` (NaN, NaN when ``n`` is 0).
+
+    Unlike ``rate +- z * sqrt(rate * (1 - rate) / n)`` it stays inside [0, 1] and is not zero-width at 0 or 1:
+    4 out of 4 pairs right gives roughly (0.51, 1.0), not (1.0, 1.0).
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    rate = successes / n
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def bootstrap_indices(n: int, resamples: int = 1000, seed: int = 0) -> torch.Tensor:
+    """``[resamples, n]`` indices drawn with replacement from ``range(n)``, from a fixed seed: every model and
+    metric of a run is resampled over the same held-out pairs, so their intervals are comparable."""
+    return torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
+
+
+def bootstrap_interval(statistic: Callable[[torch.Tensor], torch.Tensor], indices: torch.Tensor,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap: ``statistic`` maps ``indices`` (``[R, n]`` pair indices, from ``bootstrap_indices``)
+    to ``[R]`` values, one per resample; returns the middle ``level`` of them (NaN where none is defined)."""
+    values = statistic(indices).double()
+    values = values[~values.isnan()]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    low, high = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return low.item(), high.item()

@@ -138,8 +138,11 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     The reference log-probs are computed once, before training: they never change. The reference is then not
     needed during the updates (``fast.unused``: on a CPU its weights wait on disk).
 
-    Returns a DataFrame with ``loss`` and the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
-    ``rewards/accuracies`` that TRL logs (batch means, before the step's update).
+    Returns a DataFrame with ``loss``, the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
+    ``rewards/accuracies`` that TRL logs, and ``logps_vs_ref/chosen`` and ``logps_vs_ref/rejected``: the policy's
+    summed log-prob of each response minus the reference's (rewards / beta). A negative ``logps_vs_ref/chosen``
+    means DPO made the chosen response *less* likely than the reference does (likelihood displacement: the
+    margin can widen while both responses fall). All are batch means, before the step's update.
     """
     device = next(policy.parameters()).device
     amp, scaler = autocast(device)
@@ -165,7 +168,9 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
                 rows.append({"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
                              "rewards/rejected": rejected_rewards.mean().item(),
                              "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item()})
+                             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+                             "logps_vs_ref/chosen": (chosen_rewards / beta).mean().item(),
+                             "logps_vs_ref/rejected": (rejected_rewards / beta).mean().item()})
             release(optimizer)
     return history_frame(rows)
 

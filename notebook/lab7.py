@@ -144,6 +144,15 @@ if FAST:
 print(f"{len(train_pairs)} pairs for training, {len(test_pairs)} held out")
 
 # %% [markdown]
+# ### Your data card
+# DPO learns whatever separates chosen from rejected in your file, meant or not. Before training, look at what
+# that is: if the chosen response is nearly always the longer one, "write more" lowers the loss as well as
+# "write better" does. Keep this card in mind for Checkpoints 1 and 7.
+
+# %%
+lab.data_card(pairs_file).to_frame()
+
+# %% [markdown]
 # ## Part 1: KL to a reference (no preferences yet)
 #
 # Our warm-up is plain imitation of the **chosen** responses, with a leash. A frozen copy of the starting model,
@@ -153,9 +162,10 @@ print(f"{len(train_pairs)} pairs for training, {len(test_pairs)} held out")
 # $$L(\theta) = \underbrace{-\,\mathbb{E}\left[\log \pi_\theta(y \mid x)\right]}_{\text{imitate chosen text}}
 # \;+\; \beta\,\underbrace{\mathrm{KL}\left(\pi_\theta \,\|\, \pi_{ref}\right)}_{\text{don't drift too far}}$$
 #
-# Both terms are **means over the response tokens** (prompt tokens are context, not targets). The KL is exact:
-# at each position we compare the two next-token distributions over the whole vocabulary,
-# $\sum_v \pi_\theta(v)\,[\log \pi_\theta(v) - \log \pi_{ref}(v)]$.
+# Both terms are **means over the response tokens** (prompt tokens are context, not targets). The KL is exact at
+# each position: we compare the two next-token distributions over the whole vocabulary,
+# $\sum_v \pi_\theta(v)\,[\log \pi_\theta(v) - \log \pi_{ref}(v)]$, at the positions of the chosen
+# responses (on their prefixes), not on text the model would write itself.
 #
 # The model sees `format_prompt(prompt) + response` everywhere in this lab, in training and in generation:
 
@@ -317,8 +327,9 @@ print((no_grad_demo.max() - no_grad_demo.min()).unstack().to_string(float_format
 # ## Part 2: Direct Preference Optimization (DPO)
 #
 # Now we use both halves of each pair. For a prompt $x$, DPO makes the chosen response $y^+$ more likely than
-# the rejected one $y^-$, measured **relative to the reference**, so the model cannot win by drifting anywhere
-# it likes:
+# the rejected one $y^-$, each measured **relative to the reference**. The reference re-weights each pair (a
+# response the reference already likes must gain more); it does not hold the model in place: DPO does drift,
+# and `kl_to_ref` in Part 3 shows how far.
 #
 # $$L_{DPO} = -\log \sigma\Big(\beta\,\big[\underbrace{\log \tfrac{\pi_\theta(y^+|x)}{\pi_{ref}(y^+|x)}}_{\text{chosen log-ratio}}
 # - \underbrace{\log \tfrac{\pi_\theta(y^-|x)}{\pi_{ref}(y^-|x)}}_{\text{rejected log-ratio}}\big]\Big)$$
@@ -438,11 +449,21 @@ dpo_history = lab.train_dpo(policy_dpo, ref_model, tokenizer, train_pairs, beta=
 lab.plot_dpo_history(dpo_history)
 
 # %% [markdown]
+# ### Checkpoint 4b
+# Look at the last panel: the summed log-probs of the chosen and rejected responses minus the reference's. Did
+# the chosen responses become more likely, or less likely, than under the reference? If less, how can the
+# loss still fall, and where did the probability go? (This is called *likelihood displacement*.)
+
+# %% [markdown] tags=["answer"] checkpoint="displacement"
+# *Your answer:*
+
 # ### DPO with TRL
 # Now the same training with TRL's `DPOTrainer`, the library you would use outside this lab, on your datasets.
 # Every setting the lab chooses is in the config below; the rest are TRL's defaults. On a GPU it trains on all
 # your training pairs; on a CPU on the first `TRL_CPU_PAIRS` (about a minute). It is then evaluated on the
-# held-out pairs.
+# held-out pairs. Both loops start at $\log 2$, which only shows that both start from the reference; they see the
+# pairs in different orders, so their steps differ (the lab's tests check that the two losses agree to $10^{-5}$
+# on the same batch). Compare the two histories, not one number.
 
 # %%
 from trl import DPOConfig, DPOTrainer  # noqa: E402
@@ -478,14 +499,18 @@ for model in (policy_trl, ref_model):  # TRL swapped in its own forward; the lab
     lab.models.remove_forward_patch(model)
 trl_first_loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
 print(f"first-step loss: ours {dpo_history['loss'].iloc[0]:.6f}, TRL {trl_first_loss:.6f}")
+trl_history = lab.training.history_frame([{k: log[k] for k in lab.trl_dpo.HISTORY_COLUMNS}
+                                          for log in trainer.state.log_history if "rewards/margins" in log])
+display(lab.plot_dpo_history(trl_history, "DPO (TRL DPOTrainer)"))
 print(f"TRL on the held-out pairs: loss {trl_eval['eval_loss']:.4f}, "
       f"reward accuracy {trl_eval['eval_rewards/accuracies']:.2f}")
 
 # %% [markdown]
 # ## Part 3: Evaluation
 #
-# Every model answers the same held-out prompts with the same random seed, so differences come from the
-# weights, not from luck.
+# Every model answers the same held-out prompts with the same random seed. Each writes one sample per prompt at
+# temperature 0.8, so part of any difference in the texts is luck; every figure below comes with a 95% interval
+# (in brackets): where two models' intervals overlap, these prompts cannot tell them apart.
 #
 # ### Checkpoint 5
 # Define one concrete criterion you will use to decide whether alignment improved (for example safety, tone,
@@ -515,7 +540,10 @@ checks.require(checks.check_refusal_phrases(REFUSAL_PHRASES))
 models = {"base": ref_model, "kl": policy_kl, "dpo": policy_dpo, "dpo_trl": policy_trl}
 metrics, generations = lab.evaluate_models(models, ref_model, tokenizer, test_pairs, beta=DPO_BETA, seed=SEED,
                                            max_new_tokens=MAX_NEW_TOKENS, refusal_phrases=REFUSAL_PHRASES)
-display(metrics.round(3))
+display(lab.with_intervals(metrics))
+if lab.few_pairs_note(len(test_pairs)):
+    print(lab.few_pairs_note(len(test_pairs)), "To compare on more prompts, score the bundled sample's held-out "
+          "pairs too: lab.evaluate_models(models, ref_model, tokenizer, lab.sample_held_out_pairs(train_pairs))")
 lab.plot_metrics(metrics)
 
 # %% [markdown]

@@ -83,7 +83,9 @@ def test_session_hands_out_the_core_steps_when_switched_off(tiny, monkeypatch):
 def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
     """``lab7 run`` on tiny-gpt2 writes the histories, metrics and generations it wrote before the redesign
     (``tests/fixtures/golden_tiny_run``, from commit 190fed8): to the digits written, or within 1e-6 where the
-    sum order changed (the beta sweep's KL, about 2e-5 itself)."""
+    sum order changed (the beta sweep's KL, about 2e-5 itself). ``repetition`` is now the original lab's formula
+    (1 - unique words / words, 0 under 10 words); recomputed from the fixture's generations.jsonl (2-4 words each)
+    it is 0 everywhere, as the fixture already says, so the fixture is unchanged."""
     pairs = tmp_path / "pairs.jsonl"
     from lab7_helpers import BUNDLED_PAIRS
 
@@ -102,4 +104,4 @@ def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
     assert [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()] == lines
 
 
-ORIGINAL_SETTINGS: list[str] = []  # the flags that select the original lab's settings, once defaults change
+ORIGINAL_SETTINGS = ["--original-settings"]  # the original lab's settings (one DPO pass), as the fixture ran them

@@ -153,7 +153,7 @@ def test_student_name_comes_from_the_notebook_else_from_the_file_name(tmp_path):
 def test_questions_json_is_up_to_date_with_the_student_notebook():
     notebook = json.loads((ROOT / "lab7.ipynb").read_text())
     assert questions_from_notebook(notebook) == submissions.lab_questions(), (
-        "run: python -c 'from lab7_helpers.grading.submissions import write_questions; write_questions()'")
+        "run: python tools/build_notebooks.py")
 
 
 def test_the_grader_provides_the_names_submissions_expect():

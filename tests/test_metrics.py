@@ -1,19 +1,27 @@
 import pytest
 import torch
 
-from lab7_helpers.metrics import implicit_reward_margins
+from lab7_helpers.metrics import implicit_reward_margins, trigram_repetition
 from lab7_helpers.scoring import pair_logprobs
 from lab7_helpers import (distinct_n, encode_pair, preference_accuracy,
                           refusal_flag, repetition_score, reward_accuracy, sequence_logprobs)
 
 
-def test_repetition_score():
+def test_repetition_score_is_the_original_labs_formula():
     assert repetition_score("") == 0.0
-    assert repetition_score("the cat sat") == 0.0
-    assert repetition_score("The cat sat on the mat and the dog lay on the rug.") == 0.0
+    assert repetition_score("a a a a a a a a a") == 0.0  # under 10 words
+    # 13 words, 10 distinct ("the" three times, "on" twice): ordinary prose scores above 0
+    assert repetition_score("The cat sat on the mat and the dog lay on a rug.") == pytest.approx(1 - 10 / 13)
+    assert repetition_score("I am here. " * 10) == pytest.approx(1 - 3 / 30)
+
+
+def test_trigram_repetition():
+    assert trigram_repetition("") == 0.0
+    assert trigram_repetition("the cat sat") == 0.0
+    assert trigram_repetition("The cat sat on the mat and the dog lay on the rug.") == 0.0
     loop = "I am here. " * 10  # 30 words, 28 trigrams, 3 distinct
-    assert repetition_score(loop) == pytest.approx(1 - 3 / 28)
-    assert repetition_score("a b c a b c") == pytest.approx(1 - 3 / 4)
+    assert trigram_repetition(loop) == pytest.approx(1 - 3 / 28)
+    assert trigram_repetition("a b c a b c") == pytest.approx(1 - 3 / 4)
 
 
 @pytest.mark.parametrize("text, flagged", [

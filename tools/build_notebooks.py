@@ -119,6 +119,11 @@ def rendered() -> dict[Path, str]:
     files[README] = BADGE.sub(badge, README.read_text())
     files[PYPROJECT] = PROJECT_URL.sub(f'Repository = "{repository}/tree/{BRANCH}/{subdirectory}"',
                                        PYPROJECT.read_text())
+    # the grader finds answers typed anywhere by the lab's own question and text cells
+    from lab7_helpers.grading.submissions import QUESTIONS_FILE, questions_from_notebook
+
+    student = json.loads(files[OUTPUTS["student"]])
+    files[QUESTIONS_FILE] = json.dumps(questions_from_notebook(student), indent=1, ensure_ascii=False) + "\n"
     return files
 
 

@@ -15,7 +15,8 @@ from typing import Callable
 
 from ..engine.disk import remove_stale_weight_folders
 from .hub import check_model_available, default_model
-from .run import LabSettings, run_lab
+from ..evaluation import with_intervals
+from .run import ORIGINAL_LAB, LabSettings, run_lab
 
 DEFAULTS = LabSettings()
 
@@ -74,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also run the KL update for each beta and plot NLL against KL, e.g. 0,0.05,0.2,1")
     run.add_argument("--dpo-beta", type=positive, default=DEFAULTS.dpo_beta)
     run.add_argument("--dpo-lr", type=positive, default=DEFAULTS.dpo_lr)
-    run.add_argument("--dpo-epochs", type=positive_int, default=DEFAULTS.dpo_epochs)
+    run.add_argument("--dpo-epochs", type=positive_int, default=None,
+                     help="passes over the training pairs (default: scaled with the data, said in the output)")
+    run.add_argument("--original-settings", action="store_true",
+                     help="the original lab's settings where today's defaults differ: " + ", ".join(
+                         f"--{name.replace('_', '-')} {value}" for name, value in ORIGINAL_LAB.items()))
     run.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
     run.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
     run.add_argument("--temperature", type=non_negative, default=DEFAULTS.temperature, help="0 = greedy")
@@ -82,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                      default=DEFAULTS.top_p)
     run.add_argument("--with-trl", action="store_true", help="also train a DPO model with TRL's DPOTrainer")
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    run.add_argument("--also-score-sample", action="store_true",
+                     help="also evaluate on the bundled sample's held-out pairs (for files with few prompts)")
 
     grade = commands.add_parser("grade", help="grade students' notebooks: TODO checks in a sandbox, answers "
                                 "collected for manual grading", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -204,7 +211,12 @@ def run_command(args) -> int:
             print(f"lab7: error: {problem}", file=sys.stderr)
             return 2
     args.out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
-    settings = LabSettings(**{k: v for k, v in vars(args).items() if k not in ("command", "out", "overwrite")})
+    if args.original_settings:
+        for name, value in ORIGINAL_LAB.items():
+            if getattr(args, name) is None:  # a flag given explicitly still wins
+                setattr(args, name, value)
+    settings = LabSettings(**{k: v for k, v in vars(args).items()
+                              if k not in ("command", "out", "overwrite", "original_settings")})
     started = time.time()
     run = run_lab(settings, args.out, overwrite=args.overwrite)
     if run["failures"]:
@@ -213,8 +225,9 @@ def run_command(args) -> int:
               f"{args.out / 'report.html'}", file=sys.stderr)
         return 2
     print(f"\nLab 7 finished in {time.time() - started:.0f} s on {settings.model}.\n")
-    print(run["metrics"][["len_words", "repetition", "refusal_rate", "pref_acc", "reward_acc", "kl_to_ref"]]
-          .to_string(float_format=lambda v: f"{v:.3f}"))
+    print(with_intervals(run["metrics"])[["len_words", "refusal_rate", "pref_acc", "reward_acc", "kl_to_ref"]]
+          .to_string())
+    print("(95% intervals in brackets)")
     print(f"\nReport: {args.out / 'report.html'}")
     return 0
 

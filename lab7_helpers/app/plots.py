@@ -6,9 +6,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 
-def _curves(history: pd.DataFrame, panels: list[tuple[str, list[str]]], title: str) -> Figure:
+def _curves(history: pd.DataFrame, panels: list[tuple[str, list[str]]], title: str,
+            zero_line: tuple[str, ...] = ()) -> Figure:
     fig = Figure(figsize=(4 * len(panels), 3.2), layout="constrained")
     for ax, (label, columns) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        if label in zero_line:
+            ax.axhline(0, color="grey", linewidth=0.8, linestyle="--")
         for column in columns:
             ax.plot(history.index, history[column], marker="." if len(history) < 50 else None,
                     label=column.split("/")[-1])
@@ -27,12 +30,16 @@ def plot_kl_history(history: pd.DataFrame) -> Figure:
 
 
 def plot_dpo_history(history: pd.DataFrame, title: str = "DPO") -> Figure:
-    """DPO loss, implicit rewards and reward accuracy per step (``train_dpo`` or ``train_dpo_trl``)."""
+    """DPO loss, implicit rewards and reward accuracy per step (``train_dpo`` or ``train_dpo_trl``), and, where the
+    history has them (``train_dpo``), the log-probs of chosen and rejected relative to the reference: a chosen
+    curve below the dashed 0 line is likelihood displacement."""
     smooth = history.rolling(max(1, len(history) // 10), min_periods=1).mean()
-    return _curves(smooth, [("loss", ["loss"]),
-                            ("implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
-                            ("reward accuracy", ["rewards/accuracies"])],
-                   f"{title} (running mean over {max(1, len(history) // 10)} steps)")
+    panels = [("loss", ["loss"]), ("implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
+              ("reward accuracy", ["rewards/accuracies"])]
+    if "logps_vs_ref/chosen" in history:
+        panels.append(("log-prob - reference's (summed)", ["logps_vs_ref/chosen", "logps_vs_ref/rejected"]))
+    return _curves(smooth, panels, f"{title} (running mean over {max(1, len(history) // 10)} steps)",
+                   zero_line=("implicit rewards", "log-prob - reference's (summed)"))
 
 
 def plot_beta_sweep(sweep: pd.DataFrame) -> Figure:
@@ -49,15 +56,25 @@ def plot_beta_sweep(sweep: pd.DataFrame) -> Figure:
 
 
 def plot_metrics(metrics: pd.DataFrame) -> Figure:
-    """One small bar chart per evaluation metric, a bar per model."""
-    columns = list(metrics.columns)
+    """One small bar chart per evaluation metric, a bar per model, with its 95% interval as an error bar where
+    ``metrics`` has ``<metric>_low`` and ``<metric>_high``. A missing value (NaN) gets no bar and says "n/a"."""
+    columns = [c for c in metrics.columns if not c.endswith(("_low", "_high"))]
     n_cols = 4
     n_rows = -(-len(columns) // n_cols)
     fig = Figure(figsize=(3.2 * n_cols, 2.6 * n_rows), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False).flatten()
     colors = [f"C{i}" for i in range(len(metrics))]
     for ax, column in zip(axes, columns):
-        ax.bar(metrics.index, metrics[column].fillna(0), color=colors)
+        values = metrics[column]
+        errors = None
+        if f"{column}_low" in metrics and f"{column}_high" in metrics:
+            # clip at 0: an interval that does not contain its value (a bootstrap can do that) draws no error bar
+            errors = [(values - metrics[f"{column}_low"]).clip(lower=0).fillna(0),
+                      (metrics[f"{column}_high"] - values).clip(lower=0).fillna(0)]
+        ax.bar(metrics.index, values, color=colors, yerr=errors, capsize=3)
+        for x, value in enumerate(values):
+            if pd.isna(value):
+                ax.annotate("n/a", (x, 0), ha="center", va="bottom", fontsize=8, color="grey")
         ax.set_title(column, fontsize=10)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     for ax in axes[len(columns):]:

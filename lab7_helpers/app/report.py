@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluation import metric_descriptions
+from ..evaluation import metric_descriptions, with_intervals
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -43,11 +43,27 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(float_format=lambda v: f"{v:.3f}", na_rep="n/a", border=0, classes="table")
 
 
+def _text_table(frame: pd.DataFrame) -> str:
+    """Texts as an HTML table that keeps their line breaks (``DataFrame.to_html`` writes a literal ``\\n``)."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f'<table class="table gen"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _evaluation(title: str, metrics: pd.DataFrame, figure: str) -> str:
+    return (f"<h2>{title}</h2><p>Each figure with its 95% interval in brackets (Wilson for rates, bootstrap over "
+            "the held-out pairs for the rest; <code>metrics.csv</code> has them as <code>_low</code>/"
+            "<code>_high</code> columns). Models whose intervals overlap cannot be told apart on these pairs.</p>"
+            + _table(with_intervals(metrics).T) + figure)
+
+
 def render_report(run: dict) -> str:
     """An HTML page for ``run``: a dict with ``settings``, ``stages`` (finished stage names), ``notes`` and,
     when present, ``failures`` (dicts: ``stage``, ``reason``, ``details``), ``figures`` (name -> PNG file name),
-    ``kl_history``, ``dpo_history``, ``dpo_trl_history``, ``beta_sweep``, ``metrics``, ``generations`` and
-    ``parity`` (DataFrames or dicts)."""
+    ``kl_history``, ``dpo_history``, ``dpo_trl_history``, ``beta_sweep``, ``data_card`` (a Series), ``metrics``,
+    ``generations``, ``metrics_sample``, ``generations_sample`` and ``parity`` (DataFrames or dicts)."""
     esc = html.escape
     parts = [f"<h1>Lab 7 run: {esc(run['settings']['model'])}</h1>"]
     parts += [f'<p class="note">{esc(note)}</p>' for note in run["notes"]]
@@ -60,6 +76,9 @@ def render_report(run: dict) -> str:
         f"{'done' if stage in run['stages'] else 'failed' if stage in failures else 'not run / not finished'}</li>"
         for stage in run["planned_stages"]) + "</ul>")
     parts.append("<h2>Settings</h2>" + _table(pd.Series(run["settings"], name="value").astype(str).to_frame()))
+    if "data_card" in run:
+        parts.append("<h2>Data card (before training)</h2><p>What separates chosen from rejected in your file is "
+                     "what DPO will learn, meant or not.</p>" + _table(run["data_card"].to_frame()))
     figures = run.get("figures", {})
 
     def figure(name: str) -> str:
@@ -73,18 +92,24 @@ def render_report(run: dict) -> str:
         parts.append("<h2>Beta sweep</h2><p>Each beta trains a fresh copy; NLL and KL are measured afterwards on "
                      "the training pairs' chosen responses.</p>" + _table(run["beta_sweep"]) + figure("beta_sweep"))
     if "dpo_history" in run:
-        parts.append("<h2>DPO (our loop)</h2>" + figure("dpo_history"))
+        parts.append("<h2>DPO (our loop)</h2><p>Right-hand panel: the summed log-probs of the chosen and rejected "
+                     "responses minus the reference's. Below 0, the response is less likely than before training "
+                     "(likelihood displacement, when it happens to the chosen ones).</p>" + figure("dpo_history"))
     if "dpo_trl_history" in run:
         parts.append("<h2>DPO (TRL DPOTrainer)</h2>" + figure("dpo_trl_history"))
     if "parity" in run:
         parts.append("<h2>Our DPO loss vs TRL</h2>" + _table(pd.DataFrame([run["parity"]])))
     if "metrics" in run:
-        parts.append("<h2>Evaluation on held-out pairs</h2>" + _table(run["metrics"]) + figure("metrics")
-                     + "<details><summary>What the columns mean</summary>" + _table(metric_descriptions())
+        parts.append(_evaluation("Evaluation on held-out pairs", run["metrics"], figure("metrics"))
+                     + "<details><summary>What the metrics mean</summary>" + _table(metric_descriptions())
                      + "</details>")
     if "generations" in run:
-        parts.append("<h2>Generations (same prompts, same seed)</h2>"
-                     + run["generations"].to_html(border=0, classes="table gen", index=False))
+        parts.append("<h2>Generations (same prompts, same seed: one sample each)</h2>"
+                     + _text_table(run["generations"]))
+    if "metrics_sample" in run:
+        parts.append(_evaluation("Evaluation on the bundled sample's held-out pairs", run["metrics_sample"],
+                                 figure("metrics_sample"))
+                     + "<h3>Generations on the sample's prompts</h3>" + _text_table(run["generations_sample"]))
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              ".table{border-collapse:collapse;font-size:14px;display:block;overflow-x:auto}"
              ".table td,.table th{border:1px solid #ccc;"

@@ -335,13 +335,6 @@ def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | 
     return path
 
 
-def write_questions(notebook_path: str | Path = "lab7.ipynb") -> None:
-    """Refresh ``questions.json`` from the student notebook (after its markdown changed)."""
-    source = json.loads(Path(notebook_path).read_text(encoding="utf-8"))
-    QUESTIONS_FILE.write_text(json.dumps(questions_from_notebook(source), indent=1, ensure_ascii=False) + "\n",
-                              encoding="utf-8")
-
-
 @dataclass
 class Handin:
     """What one student handed in: the file that is graded, what it holds, and the other files set aside."""
