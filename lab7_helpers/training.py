@@ -71,6 +71,17 @@ def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return upcast(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
 
 
+def reference_logits(ref, step_batches: list[dict[str, torch.Tensor]], amp) -> Callable[[int], torch.Tensor]:
+    """``at(i)``: the frozen ``ref``'s logits ``[B, T, V]`` on ``step_batches[i]``, computed when asked for."""
+
+    @torch.no_grad()  # the reference is frozen: no graph for it
+    def at(i: int) -> torch.Tensor:
+        with amp():
+            return model_logits(ref, step_batches[i])
+
+    return at
+
+
 def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
     """Backward, clip the gradient norm to ``MAX_GRAD_NORM``, step (through the fp16 scaler when there is one),
     then free the gradients: otherwise the next forward pass runs with this step's gradients (one more copy of
@@ -115,12 +126,15 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     rows = []
     with engine.session(policy, ref, training=True) as fast:
         schedule = batches(len(pairs), batch_size, steps, seed)
-        for step, idx in enumerate(tqdm(schedule, desc=f"KL update (beta={beta})", disable=not progress,
-                                        unit="step"), start=1):
-            batch = {k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+        step_batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx],
+                                                               tokenizer.pad_token_id).items()} for idx in schedule]
+        # The frozen reference's logits on each step's batch never change: on a CPU the engine computes them all
+        # up front and keeps them on disk, with the reference's weights; elsewhere each is computed when asked for.
+        ref_logits_at = fast.reference_logits(ref, step_batches, amp)
+        for step, (idx, batch) in enumerate(tqdm(list(zip(schedule, step_batches)), desc=f"KL update (beta={beta})",
+                                                 disable=not progress, unit="step"), start=1):
+            ref_logits = ref_logits_at(step - 1)  # [B, T, V], no gradient
             with amp():
-                with torch.no_grad():  # the reference is frozen: no graph for it
-                    ref_logits = fast.logits(ref, batch)  # [B, T, V]
                 logits = fast.logits(policy, batch)  # [B, T, V], with gradient
                 loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
             check_finite(loss, "KL update", step, [pairs[i] for i in idx])

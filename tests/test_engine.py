@@ -105,3 +105,23 @@ def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
 
 
 ORIGINAL_SETTINGS = ["--original-settings"]  # the original lab's settings (one DPO pass), as the fixture ran them
+
+
+def test_reference_logits_on_disk_equal_the_core_and_park_the_reference(tiny, tokenizer, pairs):
+    from contextlib import nullcontext
+
+    from lab7_helpers.training import reference_logits
+
+    ref = tiny[0]
+    step_batches = [pad_batch([encode_pair(tokenizer, p["prompt"], p["chosen"])], tokenizer.pad_token_id)
+                    for p in [*pairs, pairs[0]]]  # a batch seen twice is computed once
+    core = reference_logits(ref, step_batches, nullcontext)
+    expected = [core(i) for i in range(len(step_batches))]
+    policy = trainable_copy(ref)
+    with engine.session(policy, ref, training=True) as fast:
+        at = fast.reference_logits(ref, step_batches, nullcontext)
+        assert all(p.numel() == 0 for p in ref.parameters())  # parked on disk (tiny-gpt2 is not memory-mapped)
+        for i, batch in enumerate(step_batches):
+            scored = torch.nn.functional.pad(batch["labels"][:, 1:] != -100, (0, 1), value=False)
+            torch.testing.assert_close(at(i)[scored], expected[i][scored], rtol=1e-5, atol=1e-5)
+    assert all(p.numel() > 0 for p in ref.parameters())  # back in memory after the session

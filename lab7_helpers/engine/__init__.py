@@ -14,12 +14,14 @@ functions and the session changes nothing. On a float32 CPU it uses:
   runs on the positions that predict a response token only;
 - ``step``: fused AdamW applies the gradient clipping, and a tied embedding adds its gradient in place;
 - ``memory``: freed memory is reused while training instead of being faulted back in at every step;
-- ``disk``: a model that a stage does not use waits on disk (``fast.unused(model)``).
+- ``disk``: the reference's logits for the KL update are computed up front and kept on disk
+  (``fast.reference_logits``), and a model that a stage does not use waits on disk (``fast.unused(model)``).
 ``tests/test_engine.py`` checks each step against the core's.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ class Steps:
     logits: Callable  # (model, batch) -> [B, T, V]; as training.model_logits
     response_logits: Callable  # (model, tokenizer, pairs, max_length) -> (logits, targets, side); as scoring's
     step: Callable  # (loss, optimizer, scaler) -> None; as training.optimizer_step
+    reference_logits: Callable  # (ref, step_batches, amp) -> at(i); as training.reference_logits
     unused: Callable  # (model) -> context manager: the model is not used inside it
 
 
@@ -51,9 +54,9 @@ def applies(*models: torch.nn.Module) -> bool:
 def core_steps() -> Steps:
     """The teaching core's plain functions, as a session hands them out where the engine does not apply."""
     from ..scoring import response_logits
-    from ..training import model_logits, optimizer_step
+    from ..training import model_logits, optimizer_step, reference_logits
 
-    return Steps(model_logits, response_logits, optimizer_step, lambda model: nullcontext())
+    return Steps(model_logits, response_logits, optimizer_step, reference_logits, lambda model: nullcontext())
 
 
 @contextmanager
@@ -83,6 +86,7 @@ def session(*models: torch.nn.Module, training: bool = False, decode_rows: int =
             if training and any(p.requires_grad for p in model.parameters()):
                 stack.enter_context(step.tied_embedding_gradient_in_place(model))
         yield Steps(packed.logits_at_responses, packed.response_logits, step.step,
+                    functools.partial(disk.reference_logits_on_disk, stack, models),
                     lambda model: disk.unused_unless_shared(model, models))
 
 

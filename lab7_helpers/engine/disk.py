@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -120,10 +120,42 @@ def drop_file_pages(model: torch.nn.Module) -> bool:
     return all(libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), MADV_DONTNEED) == 0 for lo, hi in used)
 
 
+def shares_weights(model: torch.nn.Module, others) -> bool:
+    """Whether ``model`` shares weights with another entry of ``others`` (itself passed twice counts)."""
+    mine = {p.data_ptr() for p in model.parameters()}
+    others = [other for other in others if other is not model] + [model] * (sum(o is model for o in others) - 1)
+    return any(mine & {p.data_ptr() for p in other.parameters()} for other in others)
+
+
 def unused_unless_shared(model: torch.nn.Module, others) -> object:
     """``weights_on_disk(model)``, unless ``model`` shares weights with another of ``others`` (the same model
     passed as policy and reference), which the block still uses."""
-    mine = {p.data_ptr() for p in model.parameters()}
-    others = [other for other in others if other is not model] + [model] * (sum(o is model for o in others) - 1)
-    shared = any(mine & {p.data_ptr() for p in other.parameters()} for other in others)
-    return nullcontext() if shared else weights_on_disk(model)
+    return nullcontext() if shares_weights(model, others) else weights_on_disk(model)
+
+
+def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, step_batches: list[dict], amp):
+    """Twin of ``training.reference_logits``: the frozen ``ref``'s logits on every distinct batch of
+    ``step_batches``, computed now (at the response positions only) and kept on disk; then ``ref``'s weights wait
+    on disk too, until the session (``stack``) ends. Where ``ref`` shares weights with a model of the session
+    (the policy passed as its own reference), each step's logits must see the updates so far: they are computed
+    when asked for, as in the core."""
+    from ..training import reference_logits
+    from .packed import response_rows, spread
+
+    if shares_weights(ref, models):
+        return reference_logits(ref, step_batches, amp)
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lab7_reference_")))
+    files: dict[bytes, Path] = {}
+    keys = [batch["input_ids"].cpu().numpy().tobytes() + bytes(batch["input_ids"].shape) for batch in step_batches]
+    with torch.inference_mode():
+        for key, batch in zip(keys, step_batches):
+            if key not in files:
+                with amp():
+                    files[key] = folder / f"{len(files)}.pt"
+                    torch.save(response_rows(ref, batch), files[key])
+    stack.enter_context(weights_on_disk(ref))
+
+    def at(i: int) -> torch.Tensor:
+        return spread(torch.load(files[keys[i]], weights_only=True), step_batches[i])
+
+    return at

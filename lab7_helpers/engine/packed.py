@@ -23,9 +23,19 @@ def logits_at_responses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Twin of ``training.model_logits`` for the KL update: ``[B, T, V]`` logits, computed by the LM head at the
     positions that predict a response token only, zeros elsewhere (where the labels are -100, which every loss
     skips). V is 50k for GPT-2: the prompt positions' logits are never built."""
+    return spread(response_rows(model, batch), batch)
+
+
+def response_rows(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits ``[N, V]`` (float32) at the N positions of ``batch`` that predict a response token."""
     mask = batch["labels"][:, 1:] != IGNORE_INDEX  # [B, T - 1]
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    rows = upcast(model.get_output_embeddings()(hidden[:, :-1][mask]))  # [N, V]
+    return upcast(model.get_output_embeddings()(hidden[:, :-1][mask]))
+
+
+def spread(rows: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``rows`` from ``response_rows`` back in the ``[B, T, V]`` layout, zeros at the other positions."""
+    mask = batch["labels"][:, 1:] != IGNORE_INDEX
     logits = rows.new_zeros(mask.shape[0], mask.shape[1] + 1, rows.shape[-1])
     logits[:, :-1][mask] = rows
     return logits
