@@ -457,6 +457,7 @@ lab.plot_dpo_history(dpo_history)
 # %% [markdown] tags=["answer"] checkpoint="displacement"
 # *Your answer:*
 
+# %% [markdown]
 # ### DPO with TRL
 # Now the same training with TRL's `DPOTrainer`, the library you would use outside this lab, on your datasets.
 # Every setting the lab chooses is in the config below; the rest are TRL's defaults. On a GPU it trains on all

@@ -9,7 +9,7 @@ import pytest
 from lab7_helpers.app.cli import main
 from lab7_helpers import BUNDLED_PAIRS
 
-OUTPUTS = ["report.html", "settings.json", "history_kl.csv", "history_dpo.csv", "history_dpo_trl.csv",
+OUTPUTS = ["report.html", "settings.json", "data_card.csv", "history_kl.csv", "history_dpo.csv", "history_dpo_trl.csv",
            "beta_sweep.csv", "metrics.csv", "generations.jsonl", "kl_history.png", "dpo_history.png",
            "dpo_trl_history.png", "beta_sweep.png", "metrics.png"]
 FAST = ["--model", "tiny-gpt2", "--kl-steps", "2", "--max-new-tokens", "4", "--device", "cpu"]
@@ -34,8 +34,8 @@ def test_run_writes_every_output(full_run):
     assert sorted(p.name for p in full_run.iterdir()) == sorted(OUTPUTS)
     metrics = pd.read_csv(full_run / "metrics.csv", index_col="model")
     assert list(metrics.index) == ["base", "kl", "dpo", "dpo_trl"]
-    assert metrics.notna().all().all() or metrics.drop(columns=["pref_acc_chosen_longer",
-                                                                "pref_acc_chosen_shorter"]).notna().all().all()
+    by_length = [c for c in metrics if c.startswith(("pref_acc_chosen_longer", "pref_acc_chosen_shorter"))]
+    assert metrics.drop(columns=by_length).notna().all().all()  # those two are NaN when no pair is of that kind
     assert metrics.loc["base", "reward_acc"] == 0.0 and metrics.loc["base", "kl_to_ref"] == 0.0
     generations = [json.loads(line) for line in (full_run / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == 3 and set(generations[0]) == {"prompt", "base", "kl", "dpo", "dpo_trl"}
@@ -121,8 +121,8 @@ def test_interrupted_run_leaves_a_consistent_folder(small_pairs, tmp_path, monke
     out = tmp_path / "stopped"
     assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out)]) == 130
     assert "interrupted; finished stages are in" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["history_kl.csv", "kl_history.png", "report.html",
-                                                    "settings.json"]  # no half-written or .tmp files
+    assert sorted(p.name for p in out.iterdir()) == ["data_card.csv", "history_kl.csv", "kl_history.png",
+                                                    "report.html", "settings.json"]  # no half-written or .tmp files
     report = (out / "report.html").read_text()
     assert "KL update: done" in report and "DPO: not run / not finished" in report
     assert "evaluation: not run / not finished" in report

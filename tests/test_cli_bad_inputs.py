@@ -17,7 +17,7 @@ FAST = ["--model", "tiny-gpt2", "--kl-steps", "2", "--max-new-tokens", "4", "--d
 LONG_PROMPT = " ".join(["word"] * 600)  # about 600 tokens: more than tiny-gpt2's context of 512
 FLOAT_FLAGS = ["--test-fraction", "--kl-beta", "--kl-lr", "--dpo-beta", "--dpo-lr", "--temperature", "--top-p",
                "--kl-beta-sweep"]
-EVALUATED = {"settings.json", "report.html", "metrics.csv", "metrics.png", "generations.jsonl"}
+EVALUATED = {"settings.json", "report.html", "data_card.csv", "metrics.csv", "metrics.png", "generations.jsonl"}
 KL_DONE = {"history_kl.csv", "kl_history.png"}
 DPO_DONE = {"history_dpo.csv", "dpo_history.png"}
 

@@ -125,9 +125,10 @@ def test_dpo_epochs_scale_with_the_data_within_bounds():
 def test_original_settings_are_one_flag_away(monkeypatch, tmp_path):
     seen = []
 
-    def fake_run_lab(settings, out):
+    def fake_run_lab(settings, out, overwrite=False):
         seen.append(settings)
-        return {"metrics": pd.DataFrame({m: [0.0] for m in METRIC_DESCRIPTIONS}, index=["base"]), "notes": []}
+        return {"metrics": pd.DataFrame({m: [0.0] for m in METRIC_DESCRIPTIONS}, index=["base"]), "notes": [],
+                "failures": []}
 
     monkeypatch.setattr(cli, "run_lab", fake_run_lab)
     monkeypatch.setattr(cli, "quiet_libraries", lambda: None)

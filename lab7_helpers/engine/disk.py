@@ -146,7 +146,8 @@ def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, ste
         return reference_logits(ref, step_batches, amp)
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lab7_reference_")))
     files: dict[bytes, Path] = {}
-    keys = [batch["input_ids"].cpu().numpy().tobytes() + bytes(batch["input_ids"].shape) for batch in step_batches]
+    keys = [str(tuple(batch["input_ids"].shape)).encode() + batch["input_ids"].cpu().numpy().tobytes()
+            for batch in step_batches]
     with torch.inference_mode():
         for key, batch in zip(keys, step_batches):
             if key not in files:
