@@ -178,7 +178,7 @@ def test_solution_notebook_runs_end_to_end_in_simulated_colab(monkeypatch, tmp_p
     assert downloads == [str((tmp_path / "lab7_answers.json").resolve())]
     answers = json.loads(Path(downloads[0]).read_text())
     assert answers["student"] == STUDENT_NAME and len(answers["todos"]) == 4
-    assert answers["answers"]["ties"] == "my thoughts on ties" and len(answers["answers"]) == 9
+    assert answers["answers"]["ties"] == "my thoughts on ties" and len(answers["answers"]) == 10
 
 
 def test_student_notebook_stops_at_its_first_unfinished_todo_with_one_sentence(monkeypatch, tmp_path):
