@@ -210,7 +210,8 @@ def attacked(tmp_path_factory):
 
 def test_honest_student_keeps_full_marks(attacked):
     alice = attacked["grades"].loc["alice"]
-    assert alice["status"] == "graded" and alice["total"] == FULL_MARKS, alice
+    # full TODO marks; the honest copy types no Checkpoint answer, which its status says
+    assert alice["status"] == "answers missing" and alice["total"] == FULL_MARKS, alice
 
 
 @pytest.mark.parametrize("attack", ATTACKS)
@@ -232,7 +233,7 @@ def test_nothing_outside_is_read_written_or_left_running(attacked):
                                                                          "grading.html"))
     for leak in (SECRET, "root:x:0:0", ALICE_WORK, "LAB7_TEST_SECRET"):
         assert leak not in published, leak
-    assert set(grades.index) == {"alice", *ATTACKS, "odd_todo_list", "odd_answers"}
+    assert set(grades.index) == {"alice", *ATTACKS, "odd_todo_list", "odd"}  # odd_answers.json is odd's
 
 
 def test_a_hang_or_a_flood_costs_one_row_with_a_reason(attacked):
@@ -248,9 +249,9 @@ def test_a_hang_or_a_flood_costs_one_row_with_a_reason(attacked):
 
 def test_odd_files_cost_one_row_each(attacked):
     grades = attacked["grades"]
-    for student in ("odd_todo_list", "odd_answers"):
+    for student in ("odd_todo_list", "odd"):
         row = grades.loc[student]
-        assert row["status"] == "not graded" and row["total"] == 0, row
+        assert row["status"] != "graded" and row["total"] == 0, row
         assert row["problem"] and "\n" not in row["problem"] and "Traceback" not in row["problem"], row
     rows = pd.read_csv(attacked["folder"] / "out" / "grades.csv", index_col="student")
     assert len(rows) == len(ATTACKS) + 3
