@@ -49,8 +49,9 @@ def main() -> int:
         pairs = Path(tmp) / "pairs.jsonl"
         pairs.write_text("".join(lab.BUNDLED_PAIRS.read_text().splitlines(keepends=True)[:n_pairs]))
         extra = ["--kl-steps", "2", "--max-new-tokens", "8"] if args.smoke else []
+        # the original lab's settings (one DPO pass), as the original approach runs them
         ours = timed([sys.executable, "-m", "lab7_helpers.app.cli", "run", "--model", model, "--pairs", str(pairs),
-                      "--out", str(Path(tmp) / "run"), *extra])
+                      "--out", str(Path(tmp) / "run"), "--original-settings", *extra])
         original = timed([sys.executable, str(HERE / "original_approach.py"), "--model", model,
                           "--pairs", str(pairs)])
     rows = [{"job": "lab7 run", **ours}, {"job": "original notebook approach", **original}]
