@@ -101,9 +101,10 @@ def command(python_args: list[str], seccomp_fd: int | None) -> list[str]:
     args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
     for key, value in environment().items():
         args += ["--setenv", key, value]
-    args += _read_only_mounts()
+    # the private folders first: a Python installation or checkout under /tmp is then mounted on top of them
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(WORK_FOLDER_MB * 2**20), "--tmpfs", "/tmp",
-             "--size", str(WORK_FOLDER_MB * 2**20), "--tmpfs", HOME, "--chdir", HOME, "--hostname", "sandbox"]
+             "--size", str(WORK_FOLDER_MB * 2**20), "--tmpfs", HOME]
+    args += _read_only_mounts() + ["--chdir", HOME, "--hostname", "sandbox"]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     return args + ["--", sys.executable, "-s", *python_args]
