@@ -5,19 +5,9 @@ from pathlib import Path
 import pytest
 
 from lab7_helpers import PairFileError, PairFileWarning, load_pairs, split_pairs
+from pair_file_helpers import GOOD, jsonl, write
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
-
-
-def write(tmp_path, content, name="pairs.jsonl"):
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    return path
-
-
-def jsonl(*rows):
-    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
 
 
 def test_loads_valid_rows_strips_text_and_ignores_extra_keys(tmp_path):

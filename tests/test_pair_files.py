@@ -12,19 +12,9 @@ from pathlib import Path
 import pytest
 
 from lab7_helpers import SAMPLE_DATA_DIR, PairFileError, PairFileWarning, load_pairs
+from pair_file_helpers import GOOD, jsonl, write
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
-GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
-
-
-def write(tmp_path, content, name="pairs.jsonl"):
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
-    return path
-
-
-def jsonl(*rows):
-    return "\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n"
 
 
 def load_quietly(path, **kwargs):
