@@ -1,40 +1,59 @@
 """Helpers for Lab 7: KL-regularized fine-tuning and DPO on GPT-2.
 
 The teaching core, read top to bottom: ``data`` (pairs to token ids), ``losses`` (the maths), ``scoring``
-(log-probs of responses under a model), ``data_card`` (what a pairs file would reward), ``models`` (loading,
-freezing, copying), ``generation``, ``metrics``, ``training`` (the two update loops), ``trl_dpo`` (the same DPO
-through TRL), ``evaluation`` and ``checks`` (the notebook's self-checks).
+(log-probs of responses under a model), ``models`` (loading, freezing, copying), ``generation``, ``metrics``,
+``training`` (the two update loops), ``trl_dpo`` (the same DPO through TRL) and ``evaluation``.
 
-Beside it, and not needed to follow the lab: ``sources/`` reads pairs files and fetches the offline model;
-``engine/`` makes the CPU path faster (same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command
-(report, plots); ``grading/`` is ``lab7 grade``. Importing this package changes nothing in the process.
+Beside it: ``checks/``, the notebook's self-checks on the TODOs (the grader runs the same ones); ``sources/``
+reads pairs files, writes the data card and fetches the offline model; ``engine/`` makes the CPU path faster
+(same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command (report, plots); ``grading/`` is
+``lab7 grade``.
+
+Importing this package changes nothing in the process and imports nothing heavy: each name below is loaded from
+its module when first used (``lab.train_dpo``, ``from lab7_helpers import load_pairs``), so that ``lab7`` can
+answer Ctrl-C while torch is still loading.
 """
 
-from .app.plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
-from .checks import (CheckResult, check_dpo_dataset, check_dpo_loss, check_kl_loss, check_refusal_phrases,
-                     check_sequence_logprobs)
-from .data import IGNORE_INDEX, encode_pair, encode_pairs_for_dpo, format_prompt, pad_batch, split_pairs
-from .data_card import data_card
-from .evaluation import (evaluate_models, few_pairs_note, metric_descriptions, nll_and_kl, sample_held_out_pairs,
-                         with_intervals)
-from .generation import generate
-from .grading.submissions import export_answers
-from .losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_kl, token_logprobs
-from .metrics import (distinct_n, preference_accuracy, refusal_flag, repetition_score, reward_accuracy,
-                      trigram_repetition)
-from .models import SMOLLM2, TINY_GPT2, describe_runtime, freeze, load_model, trainable_copy
-from .sources.pair_files import BUNDLED_PAIRS, SAMPLE_DATA_DIR, PairFileError, PairFileWarning, load_pairs
-from .training import kl_beta_sweep, train_dpo, train_kl
-from .trl_dpo import dpo_dataset, train_dpo_trl
+from __future__ import annotations
 
-__all__ = [
-    "plot_beta_sweep", "plot_dpo_history", "plot_kl_history", "plot_metrics", "CheckResult", "check_dpo_dataset",
-    "check_dpo_loss", "check_kl_loss", "check_refusal_phrases", "check_sequence_logprobs", "IGNORE_INDEX",
-    "encode_pair", "encode_pairs_for_dpo", "format_prompt", "pad_batch", "split_pairs", "data_card",
-    "evaluate_models", "few_pairs_note", "metric_descriptions", "nll_and_kl", "sample_held_out_pairs",
-    "with_intervals", "generate", "export_answers", "dpo_loss", "kl_regularized_loss",
-    "sequence_logprobs", "token_kl", "token_logprobs", "distinct_n", "preference_accuracy", "refusal_flag",
-    "repetition_score", "reward_accuracy", "trigram_repetition", "SMOLLM2", "TINY_GPT2", "describe_runtime", "freeze", "load_model",
-    "trainable_copy", "BUNDLED_PAIRS", "SAMPLE_DATA_DIR", "PairFileError", "PairFileWarning", "load_pairs",
-    "kl_beta_sweep", "train_dpo", "train_kl", "dpo_dataset", "train_dpo_trl",
-]
+import importlib
+
+EXPORTS = {  # module -> the names the notebook and the grader use from it
+    ".data": ("IGNORE_INDEX", "encode_pair", "encode_pairs_for_dpo", "format_prompt", "pad_batch", "split_pairs"),
+    ".losses": ("dpo_loss", "kl_regularized_loss", "sequence_logprobs", "token_kl", "token_logprobs"),
+    ".models": ("SMOLLM2", "TINY_GPT2", "describe_runtime", "freeze", "load_model", "trainable_copy"),
+    ".generation": ("generate",),
+    ".metrics": ("distinct_n", "preference_accuracy", "refusal_flag", "repetition_score", "reward_accuracy",
+                 "trigram_repetition"),
+    ".training": ("kl_beta_sweep", "train_dpo", "train_kl"),
+    ".trl_dpo": ("dpo_dataset", "train_dpo_trl"),
+    ".evaluation": ("evaluate_models", "few_pairs_note", "metric_descriptions", "nll_and_kl",
+                    "sample_held_out_pairs", "with_intervals"),
+    ".checks": ("CheckResult", "check_dpo_dataset", "check_dpo_loss", "check_kl_loss", "check_refusal_phrases",
+                "check_sequence_logprobs"),
+    ".sources.data_card": ("data_card",),
+    ".sources.pair_files": ("BUNDLED_PAIRS", "SAMPLE_DATA_DIR", "PairFileError", "PairFileWarning", "load_pairs"),
+    ".app.plots": ("plot_beta_sweep", "plot_dpo_history", "plot_kl_history", "plot_metrics"),
+    ".grading.submissions": ("export_answers",),
+}
+_MODULE_OF = {name: module for module, names in EXPORTS.items() for name in names}
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    """Load an exported name, or a submodule (``lab.training``), the first time it is asked for (PEP 562)."""
+    if name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -196,3 +196,19 @@ def test_signals_end_with_one_line(when, short_pairs, tmp_path):
     assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith(message)
     assert not list(tmp_path.glob("lab7_weights_*"))
     assert not out.exists() if code == 130 else (out / "history_kl.csv").exists()
+
+
+def test_ctrl_c_while_torch_loads_ends_in_one_line():
+    """Ctrl-C during the seconds ``import torch`` takes, before any of the lab's code runs."""
+    script = ("import importlib.abc, os, signal, sys\n"
+              "class CtrlC(importlib.abc.MetaPathFinder):\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              "        if name == 'torch':\n"
+              "            os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.meta_path.insert(0, CtrlC())\n"
+              "sys.argv = ['lab7', 'run', '--model', 'tiny-gpt2']\n"
+              "import runpy\n"
+              "runpy.run_module('lab7_helpers.app.cli', run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == "lab7: interrupted while starting"

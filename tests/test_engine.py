@@ -34,6 +34,21 @@ assert not [m for m in set(sys.modules) - modules if m.startswith("lab7_helpers.
     assert result.returncode == 0, result.stderr
 
 
+def test_importing_the_package_loads_nothing_heavy_until_a_name_is_used():
+    code = """
+import sys
+import lab7_helpers as lab
+assert "torch" not in sys.modules and "transformers" not in sys.modules
+assert set(lab.__all__) <= set(dir(lab))
+assert all(getattr(lab, name) is not None for name in lab.__all__)
+from lab7_helpers import checks, load_pairs
+assert callable(lab.train_dpo) and lab.training.train_dpo is lab.train_dpo and callable(lab.data_card)
+assert checks.TODO_CHECKS and load_pairs is lab.load_pairs
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize("max_length", [256, 40])  # 40: the two prompts of a pair are cut differently
 @pytest.mark.parametrize("make_model", ["tiny-gpt2", "llama"])
 def test_packed_response_logits_equal_the_core(make_model, max_length, tiny, tokenizer, pairs, tiny_llama):

@@ -15,7 +15,7 @@ from lab7_helpers.app import cli
 from lab7_helpers.app.plots import plot_dpo_history, plot_metrics
 from lab7_helpers.app.report import render_report
 from lab7_helpers.app.run import DPO_MAX_EPOCHS, DPO_MIN_STEPS, displacement_note, scaled_dpo_epochs
-from lab7_helpers.data_card import data_card
+from lab7_helpers.sources.data_card import data_card
 from lab7_helpers.evaluation import (METRIC_DESCRIPTIONS, few_pairs_note, model_metrics, sample_held_out_pairs,
                                      with_intervals)
 from lab7_helpers.metrics import bootstrap_indices, bootstrap_interval, wilson_interval

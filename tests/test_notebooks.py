@@ -252,5 +252,5 @@ def test_wheel_built_from_the_course_repository_layout_carries_its_data(tmp_path
     wheel = next((tmp_path / "out").glob("lab7_helpers-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for carried in ("lab7_helpers/assets/gpt2_tokenizer/tokenizer.json", "lab7_helpers/sample_data/dpo_pairs.jsonl",
-                    "lab7_helpers/grading/rubric.toml", "lab7_helpers/checks.py"):
+                    "lab7_helpers/grading/rubric.toml", "lab7_helpers/checks/__init__.py"):
         assert carried in names, carried

@@ -13,10 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..engine.disk import remove_stale_weight_folders
-from .hub import check_model_available, default_model
-from ..evaluation import with_intervals
-from .run import ORIGINAL_LAB, LabSettings, run_lab
+try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
+    from ..engine.disk import remove_stale_weight_folders
+    from ..evaluation import with_intervals
+    from .hub import check_model_available, default_model
+    from .run import ORIGINAL_LAB, LabSettings, run_lab
+except KeyboardInterrupt:
+    print("\nlab7: interrupted while starting", file=sys.stderr)
+    raise SystemExit(130) from None
 
 DEFAULTS = LabSettings()
 

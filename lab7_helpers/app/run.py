@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import FIELDS, split_pairs
-from ..data_card import data_card
+from ..sources.data_card import data_card
 from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
 from ..evaluation import evaluate_models, few_pairs_note, sample_held_out_pairs
 from ..engine.disk import weights_on_disk

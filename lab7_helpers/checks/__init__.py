@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data import FIELDS, format_prompt
-from .losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_kl, token_logprobs
+from ..data import FIELDS, format_prompt
+from ..losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_kl, token_logprobs
 
 GRADING_PAIRS = [  # the fixed pairs the grader gives a student's TODO cells as train_pairs
     {"prompt": "How do I boil an egg?", "chosen": "Simmer it for 8 minutes, then cool it in cold water.",
@@ -323,7 +323,7 @@ def check_dpo_dataset(dataset, pairs: Sequence[dict], max_points: float = 2.0) -
 
 def check_refusal_phrases(phrases: Sequence[str], max_points: float = 1.0) -> CheckResult:
     """The student's refusal phrases: flag real refusals, and no ordinary sentence."""
-    from .metrics import refusal_flag
+    from ..metrics import refusal_flag
 
     def body() -> str | None:
         if _unfinished(phrases):

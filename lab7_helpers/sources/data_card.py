@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import DEFAULT_REFUSAL_PHRASES, refusal_flag
-from .sources.pair_files import load_pairs
+from ..metrics import DEFAULT_REFUSAL_PHRASES, refusal_flag
+from .pair_files import load_pairs
 
 # Warm or hedging words: cheap for a model to add whatever the content.
 TONE_WORDS = ("sorry", "please", "thank you", "thanks", "glad", "happy to", "might", "perhaps", "not sure",
