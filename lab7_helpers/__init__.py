@@ -25,7 +25,7 @@ EXPORTS = {  # module -> the names the notebook and the grader use from it
     ".generation": ("generate",),
     ".metrics": ("distinct_n", "preference_accuracy", "refusal_flag", "repetition_score", "reward_accuracy",
                  "trigram_repetition"),
-    ".training": ("kl_beta_sweep", "train_dpo", "train_kl"),
+    ".training": ("kl_beta_sweep", "scaled_dpo_epochs", "train_dpo", "train_kl"),
     ".trl_dpo": ("dpo_dataset", "train_dpo_trl"),
     ".evaluation": ("evaluate_models", "few_pairs_note", "metric_descriptions", "nll_and_kl",
                     "sample_held_out_pairs", "with_intervals"),

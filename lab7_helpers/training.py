@@ -26,6 +26,19 @@ from .scoring import pair_logprobs, sum_by_side
 MAX_GRAD_NORM = 1.0  # gradient clipping, as in TRL / the Hugging Face Trainer
 
 
+# DPO's passes over the training pairs scale with the data: at least DPO_MIN_STEPS steps, so that a Lab-6-sized
+# file moves the model visibly, and at most DPO_MAX_EPOCHS passes, since repeating a small file overfits it
+# (measurements: README, "Defaults that scale with your data").
+DPO_MIN_STEPS = 50
+DPO_MAX_EPOCHS = 4
+
+
+def scaled_dpo_epochs(n_train: int, batch_size: int = 1) -> int:
+    """Passes over ``n_train`` pairs for at least ``DPO_MIN_STEPS`` steps, between 1 and ``DPO_MAX_EPOCHS``."""
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    return max(1, min(DPO_MAX_EPOCHS, math.ceil(DPO_MIN_STEPS / steps_per_epoch)))
+
+
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     """AdamW over the trainable parameters with TRL's defaults (no weight decay, constant learning rate here),
     using the fused kernel where torch has one (much faster on CPU)."""

@@ -79,8 +79,9 @@ KL_BETA, KL_LR, KL_STEPS = 0.05, 5e-5, 5 if FAST else 30
 SWEEP_BETAS = [0.0, 1.0] if FAST else [0.0, 0.05, 0.2, 1.0]
 NO_GRAD_BETAS = [0.0, 5.0] if FAST else [0.0, 1.0, 5.0]  # the no_grad demo: a few betas,
 NO_GRAD_STEPS, NO_GRAD_PAIRS = 2 if FAST else 8, 4  # a few steps, a few pairs
-DPO_BETA, DPO_LR, DPO_EPOCHS = 0.1, 5e-6, 1
-TRL_CPU_PAIRS = 8 if FAST else 16  # without a GPU, TRL's DPOTrainer trains on this many pairs (about a minute)
+DPO_BETA, DPO_LR = 0.1, 5e-6
+DPO_EPOCHS = None  # None: enough passes over your pairs for 50 steps, at most 4 (see Part 2); the original lab: 1
+TRL_CPU_STEPS = 8 if FAST else 16  # without a GPU, TRL's DPOTrainer trains this many steps only
 MAX_NEW_TOKENS = 20 if FAST else 80
 
 # %% [markdown]
@@ -441,11 +442,17 @@ display(checks.check_dpo_dataset(eval_ds_dpo, test_pairs))
 # Train a fresh copy of the base model with DPO, first with the helpers' own loop. It computes the reference
 # log-probs once, up front, then runs each pair's chosen and rejected responses through the model together.
 # The plot shows the loss and the implicit rewards.
+#
+# One pass over 15-25 pairs is 15-25 steps at this learning rate, too few for DPO to move the model visibly. So,
+# unless you set `DPO_EPOCHS`, the loop makes as many passes as give at least 50 steps, at most 4 passes (more
+# would mostly memorize a small file). The sample's training pairs need one pass, as in the original lab.
 
 # %%
+dpo_epochs = DPO_EPOCHS or lab.scaled_dpo_epochs(len(train_pairs))
+print(f"DPO: {dpo_epochs} pass(es) over {len(train_pairs)} training pairs, {dpo_epochs * len(train_pairs)} steps")
 policy_dpo = lab.trainable_copy(ref_model)
 dpo_history = lab.train_dpo(policy_dpo, ref_model, tokenizer, train_pairs, beta=DPO_BETA, lr=DPO_LR,
-                            epochs=DPO_EPOCHS, seed=SEED)
+                            epochs=dpo_epochs, seed=SEED)
 lab.plot_dpo_history(dpo_history)
 
 # %% [markdown]
@@ -460,9 +467,9 @@ lab.plot_dpo_history(dpo_history)
 # %% [markdown]
 # ### DPO with TRL
 # Now the same training with TRL's `DPOTrainer`, the library you would use outside this lab, on your datasets.
-# Every setting the lab chooses is in the config below; the rest are TRL's defaults. On a GPU it trains on all
-# your training pairs; on a CPU on the first `TRL_CPU_PAIRS` (about a minute). It is then evaluated on the
-# held-out pairs. Both loops start at $\log 2$, which only shows that both start from the reference; they see the
+# Every setting the lab chooses is in the config below; the rest are TRL's defaults. On a GPU it trains as long
+# as our loop did; on a CPU for the first `TRL_CPU_STEPS` steps only, to keep the wait short. It is then evaluated
+# on the held-out pairs. Both loops start at $\log 2$, which only shows that both start from the reference; they see the
 # pairs in different orders, so their steps differ (the lab's tests check that the two losses agree to $10^{-5}$
 # on the same batch). Compare the two histories, not one number.
 
@@ -474,7 +481,8 @@ config = DPOConfig(
     output_dir="dpo_out",  # TRL wants a folder; with save_strategy="no" nothing is written to it
     beta=DPO_BETA,  # how strongly the loss ties the policy to the reference (the same beta as above)
     learning_rate=DPO_LR,  # TRL's default is 1e-6; the lab uses 5e-6, as our own loop
-    num_train_epochs=DPO_EPOCHS,
+    num_train_epochs=dpo_epochs,  # as our loop
+    max_steps=-1 if on_gpu else TRL_CPU_STEPS,  # -1: no cap, the epochs decide
     per_device_train_batch_size=1,  # one pair per step, as our own loop
     per_device_eval_batch_size=1,
     max_length=256,  # prompt + response tokens, as everywhere in the lab (max_prompt_length is gone in TRL 0.29)
@@ -491,9 +499,7 @@ config = DPOConfig(
 checks.require(checks.check_dpo_dataset(train_ds_dpo, train_pairs))
 policy_trl = lab.trainable_copy(ref_model)
 trainer = DPOTrainer(model=policy_trl, ref_model=ref_model, args=config, processing_class=tokenizer,
-                     train_dataset=train_ds_dpo if on_gpu else train_ds_dpo.select(range(min(TRL_CPU_PAIRS,
-                                                                                                len(train_ds_dpo)))),
-                     eval_dataset=eval_ds_dpo)
+                     train_dataset=train_ds_dpo, eval_dataset=eval_ds_dpo)
 trainer.train()
 trl_eval = trainer.evaluate()  # on the held-out pairs
 for model in (policy_trl, ref_model):  # TRL swapped in its own forward; the lab goes on with the models' own

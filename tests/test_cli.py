@@ -41,6 +41,8 @@ def test_run_writes_every_output(full_run):
     assert len(generations) == 3 and set(generations[0]) == {"prompt", "base", "kl", "dpo", "dpo_trl"}
     report = (full_run / "report.html").read_text()
     assert "random weights" in report and "not run / not finished" not in report
+    assert "4 (scaled with the data)" in report  # 10 training pairs: 4 passes; settings.json keeps what was asked
+    assert json.loads((full_run / "settings.json").read_text())["dpo_epochs"] is None
     assert all(f'src="{name}"' in report for name in OUTPUTS if name.endswith(".png"))
     assert pd.read_csv(full_run / "history_kl.csv").shape == (2, 4)
 

@@ -14,7 +14,8 @@ from lab7_helpers import train_dpo, trainable_copy
 from lab7_helpers.app import cli
 from lab7_helpers.app.plots import plot_dpo_history, plot_metrics
 from lab7_helpers.app.report import render_report
-from lab7_helpers.app.run import DPO_MAX_EPOCHS, DPO_MIN_STEPS, displacement_note, scaled_dpo_epochs
+from lab7_helpers.app.run import displacement_note
+from lab7_helpers.training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, scaled_dpo_epochs
 from lab7_helpers.sources.data_card import data_card
 from lab7_helpers.evaluation import (METRIC_DESCRIPTIONS, few_pairs_note, model_metrics, sample_held_out_pairs,
                                      with_intervals)

@@ -24,22 +24,10 @@ from ..engine.disk import weights_on_disk
 from ..models import TINY_GPT2, context_length, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
-from ..training import kl_beta_sweep, train_dpo, train_kl
+from ..training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, kl_beta_sweep, scaled_dpo_epochs, train_dpo, train_kl
 
 
-# DPO's passes over the training pairs scale with the data: at least DPO_MIN_STEPS steps, at most DPO_MAX_EPOCHS
-# passes (repeating a small file many times overfits it: smollm2-135m's training loss halved in the 2nd pass over
-# 14 pairs). Measured on 14 training pairs: held-out KL to the reference 0.014 after one pass, 0.037 after two,
-# against 0.109 after the sample's one pass of 97 steps. Details: README, "Defaults that scale with your data".
-DPO_MIN_STEPS = 50
-DPO_MAX_EPOCHS = 4
 ORIGINAL_LAB = {"dpo_epochs": 1}  # what ``--original-settings`` restores: the settings where the defaults differ
-
-
-def scaled_dpo_epochs(n_train: int, batch_size: int) -> int:
-    """Passes over ``n_train`` pairs for at least ``DPO_MIN_STEPS`` steps, between 1 and ``DPO_MAX_EPOCHS``."""
-    steps_per_epoch = math.ceil(n_train / batch_size)
-    return max(1, min(DPO_MAX_EPOCHS, math.ceil(DPO_MIN_STEPS / steps_per_epoch)))
 
 
 @dataclass
@@ -178,6 +166,8 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
     save_csv(run["data_card"].to_frame(), out / "data_card.csv")
     epochs = settings.dpo_epochs or scaled_dpo_epochs(len(train), settings.batch_size)
     steps = epochs * math.ceil(len(train) / settings.batch_size)
+    if not settings.dpo_epochs:  # the report's settings table shows what ran (settings.json keeps what was asked)
+        run["settings"]["dpo_epochs"] = f"{epochs} (scaled with the data)"
     note(f"DPO: {epochs} pass(es) over the {len(train)} training pairs, {steps} steps"
          + ("." if settings.dpo_epochs else f" (scaled with the data: at least {DPO_MIN_STEPS} steps, "
             f"at most {DPO_MAX_EPOCHS} passes; --dpo-epochs N or --original-settings to choose)."))
