@@ -212,3 +212,21 @@ def test_ctrl_c_while_torch_loads_ends_in_one_line():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip() == "lab7: interrupted while starting"
+
+
+@pytest.mark.parametrize("rows, note", [
+    ([("Q1?", "Yes, gladly.", "No."), ("Q1?", "Yes, gladly.", "No."), ("Q2?", "Sure.", "Go away.")],
+     "1 pair(s) repeat another pair exactly"),
+    ([("Same?", f"Answer {i}.", "No.") for i in range(4)], "Every pair has the same prompt"),
+], ids=["duplicated pairs", "one prompt for every pair"])
+def test_notes_before_training_warn_about_copies_and_a_single_prompt(rows, note, tmp_path, capsys, monkeypatch):
+    """The notes come before the model loads; the run is stopped there (the model cannot load in this test)."""
+    def no_model(*args, **kwargs):
+        raise OSError("no model in this test")
+
+    monkeypatch.setattr("lab7_helpers.app.run.load_model", no_model)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(dict(zip(("prompt", "chosen", "rejected"), row))) + "\n" for row in rows))
+    code, stderr = run([*FAST, "--pairs", str(pairs), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and note in stderr
+    assert_one_sentence(stderr, "no model in this test")
