@@ -6,8 +6,8 @@ The teaching core, read top to bottom: ``data`` (pairs to token ids), ``losses``
 
 Beside it: ``checks/``, the notebook's self-checks on the TODOs (the grader runs the same ones); ``sources/``
 reads pairs files, writes the data card and fetches the offline model; ``engine/`` makes the CPU path faster
-(same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command (report, plots); ``grading/`` is
-``lab7 grade``.
+(same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command (report, plots, tables); ``grading/``
+is ``lab7 grade``.
 
 Importing this package changes nothing in the process and imports nothing heavy: each name below is loaded from
 its module when first used (``lab.train_dpo``, ``from lab7_helpers import load_pairs``), so that ``lab7`` can
@@ -27,13 +27,13 @@ EXPORTS = {  # module -> the names the notebook and the grader use from it
                  "trigram_repetition"),
     ".training": ("kl_beta_sweep", "scaled_dpo_epochs", "train_dpo", "train_kl"),
     ".trl_dpo": ("dpo_dataset", "train_dpo_trl"),
-    ".evaluation": ("evaluate_models", "few_pairs_note", "metric_descriptions", "nll_and_kl",
-                    "sample_held_out_pairs", "with_intervals"),
+    ".evaluation": ("evaluate_models", "nll_and_kl"),
     ".checks": ("CheckResult", "check_dpo_dataset", "check_dpo_loss", "check_kl_loss", "check_refusal_phrases",
                 "check_sequence_logprobs"),
     ".sources.data_card": ("data_card",),
     ".sources.pair_files": ("BUNDLED_PAIRS", "SAMPLE_DATA_DIR", "PairFileError", "PairFileWarning", "load_pairs"),
     ".app.plots": ("plot_beta_sweep", "plot_dpo_history", "plot_kl_history", "plot_metrics"),
+    ".app.tables": ("few_pairs_note", "metric_descriptions", "sample_held_out_pairs", "with_intervals"),
     ".grading.submissions": ("export_answers",),
 }
 _MODULE_OF = {name: module for module, names in EXPORTS.items() for name in names}

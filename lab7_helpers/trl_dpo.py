@@ -1,4 +1,4 @@
-"""DPO through TRL's ``DPOTrainer``, with the lab's prompt template and settings (TRL >= 0.29)."""
+"""DPO through TRL's ``DPOTrainer`` (TRL >= 0.29), with the lab's prompt template and settings."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ HISTORY_COLUMNS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margin
 
 
 def precision_flags(device: torch.device | str) -> dict[str, bool]:
-    """TRL's ``bf16``/``fp16`` flags for ``device``, as ``mixed_precision_dtype`` chooses (neither on CPU)."""
+    """TRL's ``bf16``/``fp16`` flags as ``mixed_precision_dtype`` chooses for ``device`` (neither on CPU)."""
     dtype = mixed_precision_dtype(device)
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def dpo_dataset(pairs: Sequence[dict]):
-    """A ``datasets.Dataset`` with TRL's columns; the prompt already wrapped in ``format_prompt``."""
+    """A ``datasets.Dataset`` with TRL's columns, the prompt already wrapped in ``format_prompt``."""
     from datasets import Dataset
 
     return Dataset.from_list([{"prompt": format_prompt(p["prompt"]), "chosen": p["chosen"],
@@ -34,13 +34,12 @@ def dpo_dataset(pairs: Sequence[dict]):
 def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
                      epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
                      output_dir: str | None = None, dataset=None, **config_overrides):
-    """A fresh ``DPOConfig`` and ``DPOTrainer`` for ``policy`` against the frozen ``ref``.
+    """A fresh ``DPOConfig`` and ``DPOTrainer`` for ``policy`` against the frozen ``ref``, on ``dataset``
+    (default: ``dpo_dataset(pairs)``).
 
-    ``dataset`` (optional) replaces ``dpo_dataset(pairs)``, e.g. with the one a student built in the notebook.
-
-    Only the lab's settings are passed; everything else stays at TRL's defaults (what a student gets),
-    except that mixed precision is chosen for the device (TRL's default bf16 fails on most CPUs). A new config
-    per trainer: sharing one between trainers can fail with "AcceleratorState has already been initialized".
+    Only the lab's settings are passed, and the precision for the device (TRL's default bf16 fails on most
+    CPUs); the rest stays at TRL's defaults. A new config per trainer: a shared one can fail with
+    "AcceleratorState has already been initialized".
     """
     import trl
     from transformers.trainer_callback import ProgressCallback
@@ -48,7 +47,6 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
     if tuple(int(part) for part in trl.__version__.split(".")[:2]) < MIN_TRL:
         raise RuntimeError(f"TRL {trl.__version__} is too old for this lab (it needs 0.29 or newer). "
                            "Run: pip install 'trl>=0.29,<2' and restart the runtime.")
-    from trl import DPOConfig, DPOTrainer
 
     class QuietProgress(ProgressCallback):
         """TRL's progress bar without a printed dict of metrics at every logging step."""
@@ -57,14 +55,13 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
             pass
 
     device = next(policy.parameters()).device
-    config = DPOConfig(
+    config = trl.DPOConfig(
         output_dir=output_dir or tempfile.mkdtemp(prefix="lab7_trl_"), beta=beta, learning_rate=lr,
         num_train_epochs=epochs, per_device_train_batch_size=batch_size, max_length=max_length, seed=seed,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=False,
         use_cpu=device.type == "cpu", **precision_flags(device), **config_overrides)
-    if dataset is None:
-        dataset = dpo_dataset(pairs)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=config, processing_class=tokenizer,
+                             train_dataset=dpo_dataset(pairs) if dataset is None else dataset)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress)
     return trainer
@@ -73,17 +70,16 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
 def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
                   epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
                   dataset=None) -> pd.DataFrame:
-    """Train ``policy`` in place with TRL's ``DPOTrainer``; same arguments as ``train_dpo`` (plus ``dataset``, see
-    ``make_dpo_trainer``).
+    """Train ``policy`` in place with TRL's ``DPOTrainer``; ``train_dpo``'s arguments (and ``dataset``).
 
-    Returns a DataFrame with a row per optimizer step: ``loss`` and TRL's ``rewards/*`` columns. (With
-    transformers 4.x the Trainer rounds the logged ``loss`` to 4 decimals; the rewards are never rounded.)
+    Returns a row per optimizer step: ``loss`` and TRL's ``rewards/*`` (with transformers 4.x the Trainer rounds
+    the logged ``loss`` to 4 decimals).
     """
     with tempfile.TemporaryDirectory(prefix="lab7_trl_") as output_dir:  # TRL wants a folder; leave nothing behind
         trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
                                    output_dir=output_dir, dataset=dataset)
         try:
-            with engine.session(training=True):  # the lab's CPU memory setting: a benchmark compares the loops alone
+            with engine.session(training=True):  # the lab's CPU memory setting, so that only the loops differ
                 trainer.train()
         finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)
             remove_forward_patch(policy)

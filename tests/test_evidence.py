@@ -17,8 +17,8 @@ from lab7_helpers.app.report import render_report
 from lab7_helpers.app.run import displacement_note
 from lab7_helpers.training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, scaled_dpo_epochs
 from lab7_helpers.sources.data_card import data_card
-from lab7_helpers.evaluation import (METRIC_DESCRIPTIONS, few_pairs_note, model_metrics, sample_held_out_pairs,
-                                     with_intervals)
+from lab7_helpers.app.tables import few_pairs_note, sample_held_out_pairs, with_intervals
+from lab7_helpers.evaluation import METRIC_DESCRIPTIONS, model_metrics
 from lab7_helpers.metrics import bootstrap_indices, bootstrap_interval, wilson_interval
 
 

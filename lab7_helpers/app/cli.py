@@ -15,7 +15,7 @@ from typing import Callable
 
 try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
     from ..engine.disk import remove_stale_weight_folders
-    from ..evaluation import with_intervals
+    from .tables import with_intervals
     from .hub import check_model_available, default_model
     from .run import ORIGINAL_LAB, LabSettings, run_lab
 except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..evaluation import metric_descriptions, with_intervals
+from .tables import metric_descriptions, with_intervals
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
