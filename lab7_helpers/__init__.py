@@ -2,11 +2,11 @@
 
 The teaching core, read top to bottom: ``data`` (pairs to token ids), ``losses`` (the maths), ``scoring``
 (log-probs of responses under a model), ``models`` (loading, freezing, copying), ``generation``, ``metrics``,
-``training`` (the two update loops), ``trl_dpo`` (the same DPO through TRL) and ``evaluation``.
+``training`` (the two update loops) and ``evaluation``.
 
 Beside it: ``checks/``, the notebook's self-checks on the TODOs (the grader runs the same ones); ``sources/``
 reads pairs files, writes the data card and fetches the offline model; ``engine/`` makes the CPU path faster
-(same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command (report, plots, tables); ``grading/``
+(same numbers, to float32 rounding); ``app/`` is the ``lab7 run`` command (report, plots, tables, TRL's ``DPOTrainer`` with the lab's settings); ``grading/``
 is ``lab7 grade``.
 
 Importing this package changes nothing in the process and imports nothing heavy: each name below is loaded from
@@ -26,12 +26,12 @@ EXPORTS = {  # module -> the names the notebook and the grader use from it
     ".metrics": ("distinct_n", "preference_accuracy", "refusal_flag", "repetition_score", "reward_accuracy",
                  "trigram_repetition"),
     ".training": ("kl_beta_sweep", "scaled_dpo_epochs", "train_dpo", "train_kl"),
-    ".trl_dpo": ("dpo_dataset", "train_dpo_trl"),
     ".evaluation": ("evaluate_models", "nll_and_kl"),
     ".checks": ("CheckResult", "check_dpo_dataset", "check_dpo_loss", "check_kl_loss", "check_refusal_phrases",
                 "check_sequence_logprobs"),
     ".sources.data_card": ("data_card",),
     ".sources.pair_files": ("BUNDLED_PAIRS", "SAMPLE_DATA_DIR", "PairFileError", "PairFileWarning", "load_pairs"),
+    ".app.trl_dpo": ("dpo_dataset", "train_dpo_trl", "trl_history"),
     ".app.plots": ("plot_beta_sweep", "plot_dpo_history", "plot_kl_history", "plot_metrics"),
     ".app.tables": ("few_pairs_note", "metric_descriptions", "sample_held_out_pairs", "with_intervals"),
     ".grading.submissions": ("export_answers",),

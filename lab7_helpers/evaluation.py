@@ -20,8 +20,9 @@ METRIC_DESCRIPTIONS = {
     "len_words": "mean length of a generated response, in words",
     "repetition": "the original lab's repetition: 1 - unique words / words in a response (0 under 10 words)",
     "trigram_repetition": "share of repeated word trigrams in a response (0 = none; high = the text loops)",
-    "distinct_1": "unique words / all words, over all responses",
-    "distinct_2": "unique word pairs / all word pairs, over all responses",
+    "distinct_1": "unique words / all words, over all responses pooled (no interval: a resample's repeated "
+                  "draws of one response would count as repetition)",
+    "distinct_2": "unique word pairs / all word pairs, over all responses pooled (no interval, as distinct_1)",
     "refusal_rate": "share of responses containing a refusal phrase",
     "pref_acc": "held-out pairs where chosen has the higher mean per-token log-prob",
     "pref_acc_chosen_longer": "pref_acc on the pairs whose chosen response is the longer one",
@@ -83,8 +84,9 @@ def model_metrics(texts: Sequence[str], scores: dict, ref_scores: dict, chosen_l
                   refusal_phrases=DEFAULT_REFUSAL_PHRASES, resamples: int = 1000, seed: int = 0,
                   is_reference: bool = False) -> dict[str, float]:
     """Every metric of ``METRIC_DESCRIPTIONS`` for one model, with a 95% interval (``<metric>_low``,
-    ``<metric>_high``): Wilson for the rates (``flags``), else a percentile bootstrap over the held-out pairs
-    (fixed ``seed``). The reference's reward and drift metrics are 0 by definition, with interval (0, 0)."""
+    ``<metric>_high``): Wilson for the rates (``flags``), none for distinct-n, else a percentile bootstrap over
+    the held-out pairs (fixed ``seed``). The reference's reward and drift metrics are 0 by definition, with
+    interval (0, 0)."""
     n = len(texts)
     chosen_mean, rejected_mean = mean_logprobs(scores)  # [N] each
     correct = chosen_mean > rejected_mean
@@ -107,8 +109,6 @@ def model_metrics(texts: Sequence[str], scores: dict, ref_scores: dict, chosen_l
              "kl_to_ref": (scores["kl"].sum() / scores["chosen_tokens"].sum()).item()}
     # the same statistics on resamples: [R, N] pair indices -> [R] values
     resampled = {name: (lambda rows, v=values: v[rows].double().mean(-1)) for name, values in per_pair.items()}
-    for k in (1, 2):
-        resampled[f"distinct_{k}"] = lambda rows, g=grams[k]: torch.tensor([distinct_n_of(g, r) for r in rows.tolist()])
     resampled["kl_to_ref"] = lambda rows: (scores["kl"][rows].double().sum(-1)
                                            / scores["chosen_tokens"][rows].double().sum(-1))
     indices = bootstrap_indices(n, resamples, seed)
@@ -117,6 +117,8 @@ def model_metrics(texts: Sequence[str], scores: dict, ref_scores: dict, chosen_l
         if is_reference and name in ("reward_acc", "reward_margin", "kl_to_ref", "chosen_logp_vs_ref",
                                      "rejected_logp_vs_ref"):
             low = high = point[name]
+        elif name.startswith("distinct_"):
+            low = high = float("nan")
         elif name in flags:
             low, high = wilson_interval(int(flags[name].sum()), len(flags[name]))
         else:

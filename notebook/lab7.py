@@ -492,7 +492,7 @@ config = DPOConfig(
     report_to="none",  # no experiment trackers
     gradient_checkpointing=False,  # TRL's default recomputes activations to save memory: slower, not needed here
     use_cpu=not on_gpu,
-    **lab.trl_dpo.precision_flags("cuda" if on_gpu else "cpu"),  # bf16 or fp16 on a GPU; TRL's bf16 fails on CPUs
+    **lab.models.precision_flags("cuda" if on_gpu else "cpu"),  # bf16 or fp16 on a GPU; TRL's bf16 fails on CPUs
 )
 
 # %%
@@ -506,8 +506,7 @@ for model in (policy_trl, ref_model):  # TRL swapped in its own forward; the lab
     lab.models.remove_forward_patch(model)
 trl_first_loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
 print(f"first-step loss: ours {dpo_history['loss'].iloc[0]:.6f}, TRL {trl_first_loss:.6f}")
-trl_history = lab.training.history_frame([{k: log[k] for k in lab.trl_dpo.HISTORY_COLUMNS}
-                                          for log in trainer.state.log_history if "rewards/margins" in log])
+trl_history = lab.trl_history(trainer)  # TRL's per-step logs, as a table like dpo_history
 display(lab.plot_dpo_history(trl_history, "DPO (TRL DPOTrainer)"))
 print(f"TRL on the held-out pairs: loss {trl_eval['eval_loss']:.4f}, "
       f"reward accuracy {trl_eval['eval_rewards/accuracies']:.2f}")

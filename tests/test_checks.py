@@ -10,7 +10,7 @@ from lab7_helpers import dpo_loss, format_prompt, kl_regularized_loss, sequence_
 from lab7_helpers.checks import (TODO_CHECKS, Stop, check_dpo_dataset, check_dpo_loss, check_kl_loss,
                                  check_refusal_phrases, check_sequence_logprobs, check_token_kl, require)
 from lab7_helpers.losses import token_logprobs
-from lab7_helpers.trl_dpo import dpo_dataset
+from lab7_helpers.app.trl_dpo import dpo_dataset
 
 
 def kl_parts(policy_logits, ref_logits, labels):

@@ -10,7 +10,7 @@ import transformers
 
 from lab7_helpers import trainable_copy
 from lab7_helpers.training import batches, kl_beta_sweep, train_dpo, train_kl
-from lab7_helpers.trl_dpo import train_dpo_trl
+from lab7_helpers.app.trl_dpo import train_dpo_trl
 
 
 def test_batches_cover_every_pair_once_per_pass():

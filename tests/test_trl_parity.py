@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lab7_helpers import dpo_loss, encode_pairs_for_dpo, sequence_logprobs
-from lab7_helpers.trl_dpo import make_dpo_trainer
+from lab7_helpers.app.trl_dpo import make_dpo_trainer
 
 
 @pytest.fixture

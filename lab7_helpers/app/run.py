@@ -218,7 +218,7 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
         finish("DPO", dpo_history=plot_dpo_history(run["dpo_history"], "DPO (our loop)"))
 
     def dpo_trl() -> None:
-        from ..trl_dpo import train_dpo_trl
+        from .trl_dpo import train_dpo_trl
 
         policy_trl = trainable_copy(ref)
         with weights_on_disk(models["kl"], models["dpo"]):

@@ -6,21 +6,14 @@ import tempfile
 from typing import Sequence
 
 import pandas as pd
-import torch
 
-from . import engine
-from .data import format_prompt
-from .models import mixed_precision_dtype, remove_forward_patch
-from .training import history_frame
+from .. import engine
+from ..data import format_prompt
+from ..models import precision_flags, remove_forward_patch
+from ..training import history_frame
 
 MIN_TRL = (0, 29)
 HISTORY_COLUMNS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
-
-
-def precision_flags(device: torch.device | str) -> dict[str, bool]:
-    """TRL's ``bf16``/``fp16`` flags as ``mixed_precision_dtype`` chooses for ``device`` (neither on CPU)."""
-    dtype = mixed_precision_dtype(device)
-    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def dpo_dataset(pairs: Sequence[dict]):
@@ -84,5 +77,11 @@ def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0
         finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)
             remove_forward_patch(policy)
             remove_forward_patch(ref)
+    return trl_history(trainer)
+
+
+def trl_history(trainer) -> pd.DataFrame:
+    """What a trained ``DPOTrainer`` logged, one row per optimizer step: ``loss`` and TRL's ``rewards/*`` columns,
+    as in ``train_dpo``'s history."""
     return history_frame([{k: log[k] for k in HISTORY_COLUMNS}
                           for log in trainer.state.log_history if "rewards/margins" in log])
