@@ -11,7 +11,7 @@ from lab7_helpers import BUNDLED_PAIRS
 
 OUTPUTS = ["report.html", "settings.json", "data_card.csv", "history_kl.csv", "history_dpo.csv", "history_dpo_trl.csv",
            "beta_sweep.csv", "metrics.csv", "generations.jsonl", "kl_history.png", "dpo_history.png",
-           "dpo_trl_history.png", "beta_sweep.png", "metrics.png"]
+           "dpo_trl_history.png", "dpo_vs_trl.png", "beta_sweep.png", "metrics.png"]
 FAST = ["--model", "tiny-gpt2", "--kl-steps", "2", "--max-new-tokens", "4", "--device", "cpu"]
 
 
@@ -35,12 +35,16 @@ def test_run_writes_every_output(full_run):
     metrics = pd.read_csv(full_run / "metrics.csv", index_col="model")
     assert list(metrics.index) == ["base", "kl", "dpo", "dpo_trl"]
     by_length = [c for c in metrics if c.startswith(("pref_acc_chosen_longer", "pref_acc_chosen_shorter"))]
-    assert metrics.drop(columns=by_length).notna().all().all()  # those two are NaN when no pair is of that kind
+    no_interval = [f"distinct_{n}_{end}" for n in (1, 2) for end in ("low", "high")]
+    # by_length is NaN when no pair is of that kind; distinct-n has no interval
+    assert metrics.drop(columns=by_length + no_interval).notna().all().all()
+    assert metrics[no_interval].isna().all().all()
     assert metrics.loc["base", "reward_acc"] == 0.0 and metrics.loc["base", "kl_to_ref"] == 0.0
     generations = [json.loads(line) for line in (full_run / "generations.jsonl").read_text().splitlines()]
     assert len(generations) == 3 and set(generations[0]) == {"prompt", "base", "kl", "dpo", "dpo_trl"}
     report = (full_run / "report.html").read_text()
     assert "random weights" in report and "not run / not finished" not in report
+    assert "Our DPO loop vs TRL" in report and "last pass: mean loss" in report
     assert "4 (scaled with the data)" in report  # 10 training pairs: 4 passes; settings.json keeps what was asked
     assert json.loads((full_run / "settings.json").read_text())["dpo_epochs"] is None
     assert all(f'src="{name}"' in report for name in OUTPUTS if name.endswith(".png"))

@@ -42,6 +42,21 @@ def plot_dpo_history(history: pd.DataFrame, title: str = "DPO") -> Figure:
                    zero_line=("implicit rewards", "log-prob - reference's (summed)"))
 
 
+def plot_dpo_comparison(histories: dict[str, pd.DataFrame]) -> Figure:
+    """Loss and implicit reward margin per step of several DPO runs on one set of axes (e.g. our loop and TRL's),
+    each as a running mean over a tenth of its steps."""
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    for ax, column in zip(fig.subplots(1, 2), ["loss", "rewards/margins"]):
+        for name, history in histories.items():
+            window = max(1, len(history) // 10)
+            ax.plot(history.index, history[column].rolling(window, min_periods=1).mean(), label=name)
+        ax.set_xlabel("step")
+        ax.set_title(column.split("/")[-1])
+        ax.legend()
+    fig.suptitle("DPO: our loop and TRL's, step by step (running means)")
+    return fig
+
+
 def plot_beta_sweep(sweep: pd.DataFrame) -> Figure:
     """NLL against KL after the KL update, one point per beta: the trade-off beta controls."""
     fig = Figure(figsize=(5, 3.6), layout="constrained")

@@ -98,7 +98,10 @@ def render_report(run: dict) -> str:
     if "dpo_trl_history" in run:
         parts.append("<h2>DPO (TRL DPOTrainer)</h2>" + figure("dpo_trl_history"))
     if "parity" in run:
-        parts.append("<h2>Our DPO loss vs TRL</h2>" + _table(pd.DataFrame([run["parity"]])))
+        parts.append("<h2>Our DPO loop vs TRL</h2><p>Both start at log 2 = 0.6931, which only shows that both start "
+                     "from the reference. Each shuffles the pairs in its own order, so their steps differ; compare "
+                     "the curves and the last pass. Fed the same batches, the two losses agree to 1e-5 "
+                     "(<code>tests/test_training.py</code>).</p>" + _table(run["parity"]) + figure("dpo_vs_trl"))
     if "metrics" in run:
         parts.append(_evaluation("Evaluation on held-out pairs", run["metrics"], figure("metrics"))
                      + "<details><summary>What the metrics mean</summary>" + _table(metric_descriptions())

@@ -16,13 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 from ..data import FIELDS, split_pairs
 from ..sources.data_card import data_card
 from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
 from ..evaluation import evaluate_models
 from ..engine.disk import weights_on_disk
 from ..models import TINY_GPT2, context_length, freeze, load_model, trainable_copy
-from .plots import plot_beta_sweep, plot_dpo_history, plot_kl_history, plot_metrics
+from .plots import plot_beta_sweep, plot_dpo_comparison, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
 from .tables import few_pairs_note, sample_held_out_pairs
 from ..training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, kl_beta_sweep, scaled_dpo_epochs, train_dpo, train_kl
@@ -72,10 +74,23 @@ def displacement_note(where: str, chosen: float, rejected: float) -> str:
             f"ones' by {rejected:+.2f} ({where}).")
 
 
+def loop_comparison(histories: dict[str, pd.DataFrame], steps_per_pass: int) -> pd.DataFrame:
+    """Per DPO run: its first-step loss (log 2 for any run that starts at the reference), and the means over its
+    last pass of the loss, the reward margin and the reward accuracy."""
+    rows = {}
+    for name, history in histories.items():
+        last_pass = history.iloc[-steps_per_pass:]
+        rows[name] = {"steps": len(history), "first-step loss": history["loss"].iloc[0],
+                      "last pass: mean loss": last_pass["loss"].mean(),
+                      "last pass: mean margin": last_pass["rewards/margins"].mean(),
+                      "last pass: reward accuracy": last_pass["rewards/accuracies"].mean()}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 OUTPUT_FILES = ("report.html", "settings.json", "data_card.csv", "history_kl.csv", "beta_sweep.csv",
                 "history_dpo.csv", "history_dpo_trl.csv", "metrics.csv", "generations.jsonl", "metrics_sample.csv",
                 "generations_sample.jsonl", "kl_history.png", "beta_sweep.png", "dpo_history.png",
-                "dpo_trl_history.png", "metrics.png", "metrics_sample.png")
+                "dpo_trl_history.png", "dpo_vs_trl.png", "metrics.png", "metrics_sample.png")
 LEARNING_RATE_FLAG = {"KL update": "kl_lr", "beta sweep": "kl_lr", "DPO": "dpo_lr", "DPO (TRL)": "dpo_lr"}
 PACKAGE_DIR = Path(__file__).parents[1]
 
@@ -226,11 +241,11 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
                                                    settings.dpo_lr, epochs, settings.batch_size,
                                                    settings.seed, max_length)
         save_csv(run["dpo_trl_history"], out / "history_dpo_trl.csv")
-        own, trl = run["dpo_history"]["loss"].iloc[0], run["dpo_trl_history"]["loss"].iloc[0]
-        run["parity"] = {"first-step loss (ours)": own, "first-step loss (TRL)": trl, "|difference|": abs(own - trl),
-                         "expected (log 2)": math.log(2)}
         models["dpo_trl"] = policy_trl
-        finish("DPO (TRL)", dpo_trl_history=plot_dpo_history(run["dpo_trl_history"], "DPO (TRL DPOTrainer)"))
+        histories = {"our loop": run["dpo_history"], "TRL": run["dpo_trl_history"]}
+        run["parity"] = loop_comparison(histories, len(train))
+        finish("DPO (TRL)", dpo_trl_history=plot_dpo_history(run["dpo_trl_history"], "DPO (TRL DPOTrainer)"),
+               dpo_vs_trl=plot_dpo_comparison(histories))
 
     def evaluate(held_out: list[dict]):
         return evaluate_models(models, ref, tokenizer, held_out, beta=settings.dpo_beta, seed=settings.seed,
