@@ -189,13 +189,18 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
 
 
 def kl_beta_sweep(ref, tokenizer, pairs: Sequence[dict], betas: Sequence[float], progress: bool = True,
-                  **train_kl_args) -> pd.DataFrame:
+                  trained: dict | None = None, **train_kl_args) -> pd.DataFrame:
     """``train_kl`` once per beta, each from a fresh copy of ``ref`` (one copy at a time), then ``nll_and_kl`` on
-    ``pairs``: a DataFrame indexed by ``beta``. Larger beta should give smaller KL and larger NLL."""
+    ``pairs``: a DataFrame indexed by ``beta``. Larger beta should give smaller KL and larger NLL.
+
+    ``trained`` maps a beta to a model that ``train_kl`` already trained on ``pairs`` with the same arguments (the
+    notebook's KL update): it is measured, not trained again, and gives the same numbers."""
     rows = []
     for beta in betas:
-        policy = trainable_copy(ref)
-        train_kl(policy, ref, tokenizer, pairs, beta=beta, progress=progress, **train_kl_args)
+        policy = (trained or {}).get(beta)
+        if policy is None:
+            policy = trainable_copy(ref)
+            train_kl(policy, ref, tokenizer, pairs, beta=beta, progress=progress, **train_kl_args)
         nll, kl = nll_and_kl(policy, ref, tokenizer, pairs, max_length=train_kl_args.get("max_length", 256))
         rows.append({"beta": beta, "nll": nll, "kl": kl})
         del policy

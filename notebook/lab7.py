@@ -279,14 +279,15 @@ assert (plain - kl_history.iloc[0]).abs().max() <= 1e-6 * max(1.0, plain.abs().m
 del policy, optimizer
 
 # %% [markdown]
-# One value of $\beta$ tells you little. The sweep below trains a fresh copy for each $\beta$ with your loss,
-# then measures, on the training prompts, how well it imitates the chosen responses (NLL, lower is closer) and
-# how far it drifted from the reference (KL).
+# One value of $\beta$ tells you little. The sweep below trains a fresh copy for each $\beta$ with your loss
+# (for `KL_BETA` it reuses the model trained above: same settings, same numbers), then measures, on the training
+# prompts, how well it imitates the chosen responses (NLL, lower is closer) and how far it drifted from the
+# reference (KL).
 
 # %%
 checks.require(checks.check_kl_loss(my_kl_regularized_loss))
 sweep = lab.kl_beta_sweep(ref_model, tokenizer, train_pairs, SWEEP_BETAS, lr=KL_LR, steps=KL_STEPS, seed=SEED,
-                          loss_fn=my_kl_regularized_loss)
+                          loss_fn=my_kl_regularized_loss, trained={KL_BETA: policy_kl})  # KL_BETA: trained above
 display(sweep)
 lab.plot_beta_sweep(sweep)
 

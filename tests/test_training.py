@@ -4,6 +4,7 @@ import platform
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 import transformers
@@ -198,3 +199,13 @@ def test_clipped_step_equals_clip_grad_norm_then_step(tiny, loss_scale):
     # Adam's step hardly depends on the gradient's scale, so the first moment is what shows the clipping
     for got, expected in zip(exp_avg + params, expected_exp_avg + expected_params):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8)
+
+
+def test_beta_sweep_measures_an_already_trained_model_to_the_same_numbers(tiny, tokenizer, pairs):
+    args = dict(lr=1e-3, steps=3, seed=0, progress=False)
+    trained = trainable_copy(tiny[0])
+    train_kl(trained, tiny[0], tokenizer, pairs, beta=1.0, **args)
+    reused = kl_beta_sweep(tiny[0], tokenizer, pairs, [0.0, 1.0], trained={1.0: trained}, **args)
+    pd.testing.assert_frame_equal(reused, kl_beta_sweep(tiny[0], tokenizer, pairs, [0.0, 1.0], **args))
+    untrained = kl_beta_sweep(tiny[0], tokenizer, pairs, [1.0], trained={1.0: trainable_copy(tiny[0])}, **args)
+    assert untrained.loc[1.0, "kl"] == 0.0  # the model given is measured as it is, not trained again
