@@ -23,6 +23,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--pairs", required=True)
+    parser.add_argument("--kl-steps", type=int, default=30, help="the original's KL loop: 30 steps")
+    parser.add_argument("--max-new-tokens", type=int, default=80, help="the original's generation length: 80")
     args = parser.parse_args()
     from lab7_helpers.app.cli import quiet_libraries
 
@@ -57,7 +59,7 @@ def main() -> int:
     opt = torch.optim.AdamW(policy.parameters(), lr=5e-5)
     policy.train()
     set_seed(0)
-    for i in range(min(30, len(train_pairs) * 3)):
+    for i in range(min(args.kl_steps, len(train_pairs) * 3)):
         ex = train_pairs[i % len(train_pairs)]
         full = tokenizer(ex["prompt"] + "\n" + ex["chosen"], return_tensors="pt", truncation=True, max_length=256)
         prompt_len = tokenizer(ex["prompt"] + "\n", return_tensors="pt")["input_ids"].shape[1]
@@ -96,8 +98,8 @@ def main() -> int:
         set_seed(seed)
         inputs = tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**inputs, do_sample=True, max_new_tokens=80, temperature=0.8, top_p=0.95,
-                                 pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(**inputs, do_sample=True, max_new_tokens=args.max_new_tokens, temperature=0.8,
+                                 top_p=0.95, pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
         text = tokenizer.decode(out[0], skip_special_tokens=True)
         return text[len(prompt):].strip() if text.startswith(prompt) else text.strip()
 

@@ -5,6 +5,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of waiting on a network that is not there
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# One torch thread per process (the notebook kernels, benchmarks and `lab7` runs started here inherit it): on
+# tiny-gpt2 every operation is too small to split, and two threads on a 2-core machine that is also running a
+# sandbox or a second process spend most of their time waiting for each other (a DPO step: 6x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -25,11 +25,20 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port())]
-    for name, command in (("one", [sys.executable, *job]), ("two", [*launch, *job])):
-        result = subprocess.run([*command, "--out", str(tmp_path / f"{name}.csv")], capture_output=True, text=True,
-                                timeout=300, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert "on 2 process(es)" in result.stdout
+    # both jobs at once: most of their time is start-up (importing torch and TRL), which two cores share well
+    jobs = {name: subprocess.Popen([*command, "--out", str(tmp_path / f"{name}.csv")], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+            for name, command in (("one", [sys.executable, *job]), ("two", [*launch, *job]))}
+    try:
+        outputs = {name: process.communicate(timeout=300) for name, process in jobs.items()}
+    finally:
+        for process in jobs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for name, process in jobs.items():
+        assert process.returncode == 0, outputs[name][1][-3000:]
+    assert "on 1 process(es)" in outputs["one"][0] and "on 2 process(es)" in outputs["two"][0]
     one, two = (pd.read_csv(tmp_path / f"{name}.csv", index_col="step") for name in ("one", "two"))
     assert len(one) == len(two) == 3
     assert np.allclose(two.to_numpy(), one.to_numpy(), atol=1e-5, rtol=0)
