@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ def main() -> int:
     rows, started = [], time.perf_counter()
     for passes in [0, *args.passes]:
         policy = lab.trainable_copy(ref)
-        loss = float("nan")
+        loss = None  # no training, no loss
         if passes:
             history = lab.train_dpo(policy, ref, tokenizer, train, beta=BETA, lr=LR, epochs=passes, seed=SEED,
                                     progress=False)
@@ -67,7 +68,8 @@ def main() -> int:
         numbers = pd.DataFrame([{k: v for k, v in r.items() if k not in ("held_out", "example")} for r in rows[-2:]])
         shown = lab.with_intervals(numbers)[SHOWN]
         shown.index = [f"{passes} passes, {r['held_out']}" for r in rows[-2:]]
-        print(f"\nafter {passes} pass(es) ({passes * len(train)} steps), last pass's mean loss {loss:.3f}, "
+        print(f"\nafter {passes} pass(es) ({passes * len(train)} steps), last pass's mean loss "
+              f"{'-' if loss is None else f'{loss:.3f}'}, "
               f"{time.perf_counter() - started:.0f} s so far")
         print(shown.to_string())
         print(f"  example ({held_out[0]['prompt'][:50]!r}): {rows[-2]['example'][:160]!r}")
@@ -79,8 +81,15 @@ def main() -> int:
     if not args.smoke:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "small_data_passes.json").write_text(json.dumps(
-            {"machine": machine(), "model": args.model, "rows": rows}, indent=1, default=float) + "\n")
+            {"machine": machine(), "model": args.model, "rows": [json_safe(r) for r in rows]}, indent=1,
+            allow_nan=False) + "\n")
     return 0
+
+
+def json_safe(row: dict) -> dict:
+    """NaN (a rate over no pairs, distinct-n's missing interval) as null; numpy numbers as floats."""
+    return {k: v if isinstance(v, str) or v is None else (None if math.isnan(float(v)) else float(v))
+            for k, v in row.items()}
 
 
 if __name__ == "__main__":
