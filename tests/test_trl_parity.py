@@ -5,15 +5,24 @@ import torch
 
 from lab7_helpers import dpo_loss, encode_pairs_for_dpo, sequence_logprobs
 from lab7_helpers.app.trl_dpo import make_dpo_trainer
+from lab7_helpers.models import remove_forward_patch
 
 
 @pytest.fixture
-def trainer_and_batch(tiny, policy, tokenizer, pairs, tmp_path):
+def trainer_and_batch(tiny, policy, tokenizer, pairs, tmp_path, unpatched_reference):
     def build(loss_type):
         trainer = make_dpo_trainer(policy, tiny[0], tokenizer, pairs, beta=0.1, batch_size=len(pairs),
                                    output_dir=str(tmp_path), loss_type=loss_type, gradient_checkpointing=False)
         return trainer, next(iter(trainer.get_train_dataloader()))
     return build
+
+
+@pytest.fixture
+def unpatched_reference(tiny):
+    """TRL's trainer patches the reference's forward; the session's shared tiny model must not keep that patch
+    for the tests that run after these (which ones do depends on the order)."""
+    yield
+    remove_forward_patch(tiny[0])
 
 
 def our_logps(model, batch):
@@ -59,7 +68,8 @@ def test_dpo_loss_equals_trl_compute_loss(trainer_and_batch, tiny, policy, loss_
                                                               abs=1e-5)
 
 
-def test_copies_made_after_trl_touched_the_reference_are_independent(tiny, policy, tokenizer, pairs, tmp_path):
+def test_copies_made_after_trl_touched_the_reference_are_independent(tiny, policy, tokenizer, pairs, tmp_path,
+                                                                   unpatched_reference):
     from lab7_helpers import trainable_copy
 
     ref = tiny[0]
