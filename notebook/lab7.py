@@ -252,7 +252,9 @@ lab.plot_kl_history(kl_history)
 # ### One step of `train_kl`, without the speed tricks
 # On a CPU, `train_kl` computes the logits only where a response token is predicted and runs a fused optimizer
 # step: faster, same numbers. Here is its first step in plain lines, on a fresh copy: forward both models, the
-# loss, backward, clip the gradient norm, one AdamW step. Its loss, NLL and KL equal row 1 of `kl_history`.
+# loss, backward, clip the gradient norm, one AdamW step. Its loss, NLL and KL equal row 1 of `kl_history` to
+# float32 rounding: the fast path adds the same numbers in another order, so on a real model the 6th or 7th digit
+# may differ (the check allows 1e-5 of the value; a real mistake moves the loss far more).
 
 # %%
 checks.require(checks.check_kl_loss(my_kl_regularized_loss))
@@ -275,7 +277,7 @@ optimizer.zero_grad()
 # %%
 plain = pd.Series({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
 print(pd.DataFrame({"plain step": plain, "train_kl, step 1": kl_history.iloc[0]}).to_string(float_format="%.7f"))
-assert (plain - kl_history.iloc[0]).abs().max() <= 1e-6 * max(1.0, plain.abs().max())
+assert (plain - kl_history.iloc[0]).abs().max() <= 1e-5 * max(1.0, plain.abs().max())
 del policy, optimizer
 
 # %% [markdown]
