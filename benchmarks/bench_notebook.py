@@ -3,6 +3,7 @@ solution's code, as a student who finished them would have) and time every cell.
 
     python benchmarks/bench_notebook.py                      # smollm2-135m, the sample data
     python benchmarks/bench_notebook.py --model tiny-gpt2    # seconds: checks the script runs
+    python benchmarks/bench_notebook.py --solution-only      # the solution notebook only
 
 Prints the heavy cells side by side (solution, student, ratio) and the totals, and writes
 benchmarks/results/notebook.json. Colab-only cells are skipped, as in the tests.
@@ -67,8 +68,15 @@ def execute(notebook, model: str) -> list[tuple[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--solution-only", action="store_true",
+                        help="time the solution notebook alone (half the wait)")
     args = parser.parse_args()
     solution = execute(build("solution"), args.model)
+    heaviest = sorted(solution, key=lambda cell: -cell[1])[:12]
+    print_table([{"cell": name, "solution s": seconds} for name, seconds in heaviest],
+                f"Heaviest cells of the solution notebook ({args.model}); total {sum(s for _, s in solution):.0f} s")
+    if args.solution_only:
+        return
     student = execute(finished_student_notebook(), args.model)
     rows = [{"cell": name, "solution s": a, "student s": b, "student / solution": b / a if a > 0.05 else None}
             for (name, a), (_, b) in zip(solution, student)]

@@ -64,6 +64,7 @@ def plot_beta_sweep(sweep: pd.DataFrame) -> Figure:
     ax.plot(sweep["kl"], sweep["nll"], marker="o")
     for beta, row in sweep.iterrows():
         ax.annotate(f"beta={beta:g}", (row["kl"], row["nll"]), textcoords="offset points", xytext=(5, 5))
+    ax.locator_params(axis="x", nbins=4)  # a few ticks: KL values can be long numbers (tiny-gpt2's are ~2e-5)
     ax.set_xlabel("KL to reference (nats per token)")
     ax.set_ylabel("NLL of chosen responses")
     ax.set_title("Beta sweep: stay close vs. imitate")
