@@ -111,7 +111,7 @@ def test_data_card_counts_what_the_file_holds(tmp_path):
     assert card["contradicting pairs"].startswith("2 ")  # each side of the swap counts
     assert card["repeated prompts"].startswith("2 prompts")
     assert card["chosen is longer"].startswith("in 10 of 11 pairs (91%)")
-    assert card["refusal on one side only"] == "1 pairs: chosen refuses in 1, rejected in 0"
+    assert card["refusal on one side only"] == "1 pair: chosen refuses in 1, rejected in 0"
     assert card["shortcut to watch"].startswith("Length: the chosen response is the longer one in 10 of 11")
 
     balanced = [{"prompt": f"Q{i}?", "chosen": "yes " * (1 + i % 2 * 5), "rejected": "no " * (1 + (i + 1) % 2 * 5)}

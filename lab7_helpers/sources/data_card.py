@@ -28,6 +28,10 @@ def _one_sided(pairs: list[dict], flag) -> tuple[int, int]:
     return chosen, rejected
 
 
+def _pairs(n: int) -> str:
+    return f"{n} pair" if n == 1 else f"{n} pairs"
+
+
 def data_card(path: str | Path, refusal_phrases=DEFAULT_REFUSAL_PHRASES) -> pd.Series:
     """The data card of the pairs file at ``path``, one plain-language line per measure (a Series of strings)."""
     with warnings.catch_warnings(record=True) as caught:
@@ -69,7 +73,7 @@ def data_card(path: str | Path, refusal_phrases=DEFAULT_REFUSAL_PHRASES) -> pd.S
         "repeated prompts": f"{sum(c > 1 for c in prompts.values())} prompts appear in more than one pair",
         "chosen is longer": (f"in {longer} of {n} pairs ({longer / n:.0%}); chosen {sum(chosen_words) / n:.1f} "
                              f"words on average, rejected {sum(rejected_words) / n:.1f}"),
-        "refusal on one side only": f"{sum(refuses)} pairs: chosen refuses in {refuses[0]}, rejected in {refuses[1]}",
-        "tone words on one side only": f"{sum(tone)} pairs: on the chosen side in {tone[0]}, rejected in {tone[1]}",
+        "refusal on one side only": f"{_pairs(sum(refuses))}: chosen refuses in {refuses[0]}, rejected in {refuses[1]}",
+        "tone words on one side only": f"{_pairs(sum(tone))}: on the chosen side in {tone[0]}, rejected in {tone[1]}",
         "shortcut to watch": shortcut[0].upper() + shortcut[1:] + ".",
     }, name="data card")
