@@ -181,7 +181,8 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
     run["data_card"] = data_card(settings.pairs)
     save_csv(run["data_card"].to_frame(), out / "data_card.csv")
     epochs = settings.dpo_epochs or scaled_dpo_epochs(len(train), settings.batch_size)
-    steps = epochs * math.ceil(len(train) / settings.batch_size)
+    steps_per_pass = math.ceil(len(train) / settings.batch_size)
+    steps = epochs * steps_per_pass
     if not settings.dpo_epochs:  # the report's settings table shows what ran (settings.json keeps what was asked)
         run["settings"]["dpo_epochs"] = f"{epochs} (scaled with the data)"
     note(f"DPO: {epochs} pass(es) over the {len(train)} training pairs, {steps} steps"
@@ -227,7 +228,7 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
                                            epochs, **common)
         save_csv(run["dpo_history"], out / "history_dpo.csv")
         models["dpo"] = policy_dpo
-        last_pass = run["dpo_history"].tail(math.ceil(len(train) / settings.batch_size))
+        last_pass = run["dpo_history"].tail(steps_per_pass)
         note(displacement_note("training pairs, DPO's last pass", last_pass["logps_vs_ref/chosen"].mean(),
                                last_pass["logps_vs_ref/rejected"].mean()))
         finish("DPO", dpo_history=plot_dpo_history(run["dpo_history"], "DPO (our loop)"))
@@ -243,7 +244,7 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
         save_csv(run["dpo_trl_history"], out / "history_dpo_trl.csv")
         models["dpo_trl"] = policy_trl
         histories = {"our loop": run["dpo_history"], "TRL": run["dpo_trl_history"]}
-        run["parity"] = loop_comparison(histories, len(train))
+        run["parity"] = loop_comparison(histories, steps_per_pass)
         finish("DPO (TRL)", dpo_trl_history=plot_dpo_history(run["dpo_trl_history"], "DPO (TRL DPOTrainer)"),
                dpo_vs_trl=plot_dpo_comparison(histories))
 
