@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from . import engine
 from .generation import generate
 from .losses import picked_logprobs, token_kl
-from .metrics import (DEFAULT_REFUSAL_PHRASES, _ngrams, _words, bootstrap_indices, bootstrap_interval,
-                      distinct_n_of, implicit_reward_margins, mean_logprobs, refusal_flag, repetition_score,
+from .metrics import (DEFAULT_REFUSAL_PHRASES, bootstrap_indices, bootstrap_interval, distinct_n,
+                      implicit_reward_margins, mean_logprobs, refusal_flag, repetition_score,
                       trigram_repetition, wilson_interval)
 from .scoring import in_original_order, length_sorted_batches, sum_by_side
 
@@ -100,12 +100,11 @@ def model_metrics(texts: Sequence[str], scores: dict, ref_scores: dict, chosen_l
     per_pair = {**{name: torch.tensor(values, dtype=torch.float64) for name, values in per_text.items()},
                 "reward_margin": margin, "chosen_logp_vs_ref": scores["chosen"] - ref_scores["chosen"],
                 "rejected_logp_vs_ref": scores["rejected"] - ref_scores["rejected"]}
-    grams = {k: [_ngrams(_words(t), k) for t in texts] for k in (1, 2)}
     point = {**{name: sum(values) / n for name, values in per_text.items()},
              **{name: per_pair[name].mean().item() for name in ("reward_margin", "chosen_logp_vs_ref",
                                                                 "rejected_logp_vs_ref")},
              **{name: flag.float().mean().item() if len(flag) else float("nan") for name, flag in flags.items()},
-             "distinct_1": distinct_n_of(grams[1], range(n)), "distinct_2": distinct_n_of(grams[2], range(n)),
+             "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
              "kl_to_ref": (scores["kl"].sum() / scores["chosen_tokens"].sum()).item()}
     # the same statistics on resamples: [R, N] pair indices -> [R] values
     resampled = {name: (lambda rows, v=values: v[rows].double().mean(-1)) for name, values in per_pair.items()}

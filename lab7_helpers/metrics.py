@@ -62,13 +62,8 @@ def refusal_flag(text: str, phrases: Iterable[str] = DEFAULT_REFUSAL_PHRASES) ->
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique word n-grams / all word n-grams, pooled over ``texts`` (0.0 if none). Low: the model says the same
     things over and over, across responses as well as within them."""
-    return distinct_n_of([_ngrams(_words(t), n) for t in texts], range(len(texts)))
-
-
-def distinct_n_of(grams_per_text: list[list[tuple]], rows: Sequence[int]) -> float:
-    """``distinct_n`` of the texts at ``rows`` (repeats allowed), from each text's n-grams."""
-    pooled = [g for i in rows for g in grams_per_text[i]]
-    return len(set(pooled)) / len(pooled) if pooled else 0.0
+    grams = [g for t in texts for g in _ngrams(_words(t), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def mean_logprobs(scores: dict) -> tuple[torch.Tensor, torch.Tensor]:
