@@ -74,6 +74,11 @@ def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return upcast(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
 
 
+def kl_logits_and_labels(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the KL update's loss takes: the model's logits ``[B, T, V]`` on ``batch`` and its labels ``[B, T]``."""
+    return model_logits(model, batch), batch["labels"]
+
+
 def reference_logits(ref, step_batches: list[dict[str, torch.Tensor]], amp) -> Callable[[int], torch.Tensor]:
     """``at(i)``: the frozen ``ref``'s logits ``[B, T, V]`` on ``step_batches[i]``, computed when asked for
     (under ``amp``, the policy's precision, so that the two compare like with like)."""
@@ -118,8 +123,8 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
              steps: int = 30, batch_size: int = 1, seed: int = 0, max_length: int = 256,
              progress: bool = True, loss_fn: Callable = kl_regularized_loss) -> pd.DataFrame:
     """The KL-regularized update on the **chosen** responses, ``loss = NLL + beta * KL(pi || ref)``: columns
-    ``loss``, ``nll``, ``kl``. ``loss_fn``: ``kl_regularized_loss`` or the student's own, with its signature;
-    the engine's logits are zeros at prompt and padding positions, which the labels mask out."""
+    ``loss``, ``nll``, ``kl``. ``loss_fn``: ``kl_regularized_loss`` or the student's own, with its signature and
+    its means over the response tokens; on a CPU the engine passes it those positions only, as one sequence."""
     device = next(policy.parameters()).device
     encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
     optimizer = make_optimizer(policy, lr)
@@ -136,8 +141,8 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
                                                  disable=not progress, unit="step"), start=1):
             ref_logits = ref_logits_at(step - 1)  # [B, T, V], no gradient
             with amp():
-                logits = fast.logits(policy, batch)  # [B, T, V], with gradient
-                loss, nll, kl = loss_fn(logits, ref_logits, batch["labels"], beta)
+                logits, labels = fast.kl_logits_and_labels(policy, batch)  # [B, T, V] with gradient, [B, T]
+                loss, nll, kl = loss_fn(logits, ref_logits, labels, beta)
             check_finite(loss, "KL update", step, [pairs[i] for i in idx])
             fast.step(loss, optimizer, scaler)  # backward, clip, step, zero_grad
             rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
@@ -189,19 +194,24 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
 
 
 def kl_beta_sweep(ref, tokenizer, pairs: Sequence[dict], betas: Sequence[float], progress: bool = True,
-                  trained: dict | None = None, **train_kl_args) -> pd.DataFrame:
+                  trained: dict | None = None, steps: int = 30, batch_size: int = 1, seed: int = 0,
+                  **train_kl_args) -> pd.DataFrame:
     """``train_kl`` once per beta, each from a fresh copy of ``ref`` (one copy at a time), then ``nll_and_kl`` on
-    ``pairs``: a DataFrame indexed by ``beta``. Larger beta should give smaller KL and larger NLL.
+    the pairs those steps trained on (all of ``pairs`` once the steps cover them): a DataFrame indexed by
+    ``beta``. Larger beta should give smaller KL and larger NLL.
 
     ``trained`` maps a beta to a model that ``train_kl`` already trained on ``pairs`` with the same arguments (the
     notebook's KL update): it is measured, not trained again, and gives the same numbers."""
+    schedule = batches(len(pairs), batch_size, steps, seed)  # as train_kl draws them
+    seen = [pairs[i] for i in dict.fromkeys(i for idx in schedule for i in idx)]
+    args = dict(steps=steps, batch_size=batch_size, seed=seed, **train_kl_args)
     rows = []
     for beta in betas:
         policy = (trained or {}).get(beta)
         if policy is None:
             policy = trainable_copy(ref)
-            train_kl(policy, ref, tokenizer, pairs, beta=beta, progress=progress, **train_kl_args)
-        nll, kl = nll_and_kl(policy, ref, tokenizer, pairs, max_length=train_kl_args.get("max_length", 256))
+            train_kl(policy, ref, tokenizer, pairs, beta=beta, progress=progress, **args)
+        nll, kl = nll_and_kl(policy, ref, tokenizer, seen, max_length=args.get("max_length", 256))
         rows.append({"beta": beta, "nll": nll, "kl": kl})
         del policy
     return pd.DataFrame(rows).set_index("beta")

@@ -250,8 +250,8 @@ lab.plot_kl_history(kl_history)
 
 # %% [markdown]
 # ### One step of `train_kl`, without the speed tricks
-# On a CPU, `train_kl` computes the logits only where a response token is predicted and runs a fused optimizer
-# step: faster, same numbers. Here is its first step in plain lines, on a fresh copy: forward both models, the
+# On a CPU, `train_kl` computes the logits only where a response token is predicted, hands your loss just those
+# rows (as one sequence, labels shifted to match) and runs a fused optimizer step: faster, same numbers. Here is its first step in plain lines, on a fresh copy: forward both models, the
 # loss, backward, clip the gradient norm, one AdamW step. Its loss, NLL and KL equal row 1 of `kl_history` to
 # float32 rounding: the fast path adds the same numbers in another order, so on a real model the 6th or 7th digit
 # may differ (the check allows 1e-5 of the value; a real mistake moves the loss far more).
@@ -282,9 +282,9 @@ del policy, optimizer
 
 # %% [markdown]
 # One value of $\beta$ tells you little. The sweep below trains a fresh copy for each $\beta$ with your loss
-# (for `KL_BETA` it reuses the model trained above: same settings, same numbers), then measures, on the training
-# prompts, how well it imitates the chosen responses (NLL, lower is closer) and how far it drifted from the
-# reference (KL).
+# (for `KL_BETA` it reuses the model trained above: same settings, same numbers), then measures, on the pairs
+# its `KL_STEPS` steps trained on, how well it imitates their chosen responses (NLL, lower is closer) and how far
+# it drifted from the reference there (KL).
 
 # %%
 checks.require(checks.check_kl_loss(my_kl_regularized_loss))

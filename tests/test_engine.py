@@ -16,7 +16,7 @@ from lab7_helpers.app.cli import main
 from lab7_helpers.data import encode_pair, pad_batch
 from lab7_helpers.engine import packed
 from lab7_helpers.scoring import response_logits
-from lab7_helpers.training import make_optimizer, model_logits, optimizer_step
+from lab7_helpers.training import kl_logits_and_labels, make_optimizer, optimizer_step
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_tiny_run"
 
@@ -61,13 +61,34 @@ def test_packed_response_logits_equal_the_core(make_model, max_length, tiny, tok
     torch.testing.assert_close(fast[0], core[0], rtol=1e-5, atol=1e-5)
 
 
-def test_kl_logits_equal_the_core_where_the_labels_count(tiny, tokenizer, pairs):
+def test_kl_logits_and_labels_give_the_core_loss(tiny, tokenizer, pairs):
+    """The engine hands the KL update's loss the response positions only, as one sequence; the loss, the NLL,
+    the KL and the gradient are those of the [B, T, V] layout."""
+    from lab7_helpers.losses import kl_regularized_loss
+    from lab7_helpers.training import kl_logits_and_labels
+
     batch = pad_batch([encode_pair(tokenizer, p["prompt"], p["chosen"]) for p in pairs], tokenizer.pad_token_id)
+    policy, ref = trainable_copy(tiny[0]), tiny[0]
     with torch.no_grad():
-        core, fast = model_logits(tiny[0], batch), packed.logits_at_responses(tiny[0], batch)
-    scored = torch.nn.functional.pad(batch["labels"][:, 1:] != -100, (0, 1), value=False)  # positions that predict
-    torch.testing.assert_close(fast[scored], core[scored], rtol=1e-5, atol=1e-5)
-    assert fast[~scored].eq(0).all()
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # the policy differs from the reference: a KL above 0
+    results = []
+    for twin in (kl_logits_and_labels, packed.kl_logits_and_labels):
+        logits, labels = twin(policy, batch)
+        with torch.no_grad():
+            ref_logits, _ = twin(ref, batch)
+        values = kl_regularized_loss(logits, ref_logits, labels, beta=0.5)
+        values[0].backward()
+        grads = [p.grad.clone() for p in policy.parameters()]
+        policy.zero_grad(set_to_none=True)
+        results.append((torch.stack([v.detach() for v in values]), grads, logits.shape))
+    (core, core_grads, core_shape), (fast, fast_grads, fast_shape) = results
+    n_response = int((batch["labels"] != -100).sum())
+    assert fast_shape == (1, n_response + 1, core_shape[-1]) and core_shape[:2] == batch["input_ids"].shape
+    assert core[2] > 1e-4  # a KL that counts
+    torch.testing.assert_close(fast, core, rtol=1e-5, atol=1e-7)
+    for a, b in zip(fast_grads, core_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_engine_step_equals_the_core_step(tiny):
@@ -90,7 +111,7 @@ def test_session_hands_out_the_core_steps_when_switched_off(tiny, monkeypatch):
 
     monkeypatch.setenv("LAB7_ENGINE", "0")
     with engine.session(tiny[0], training=True) as fast:
-        assert fast.logits is model_logits and fast.step is optimizer_step
+        assert fast.kl_logits_and_labels is kl_logits_and_labels and fast.step is optimizer_step
         assert fast.response_logits is core_response_logits
         assert "forward" not in tiny[0].lm_head.__dict__  # nothing patched
 
@@ -108,7 +129,8 @@ def two_torch_threads():
 def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path, two_torch_threads):
     """``lab7 run`` on tiny-gpt2 writes the histories, metrics and generations it wrote before the redesign
     (``tests/fixtures/golden_tiny_run``, from commit 190fed8): to the digits written, or within 1e-6 where the
-    sum order changed (the beta sweep's KL, about 2e-5 itself). ``repetition`` is now the original lab's formula
+    sum order changed. ``beta_sweep.csv`` was written again when the sweep began to measure on the pairs its steps
+    trained on (here 2 of 10), not on every training pair. ``repetition`` is now the original lab's formula
     (1 - unique words / words, 0 under 10 words); recomputed from the fixture's generations.jsonl (2-4 words each)
     it is 0 everywhere, as the fixture already says, so the fixture is unchanged."""
     pairs = tmp_path / "pairs.jsonl"
@@ -147,6 +169,8 @@ def test_reference_logits_on_disk_equal_the_core_and_park_the_reference(tiny, to
         at = fast.reference_logits(ref, step_batches, nullcontext)
         assert all(p.numel() == 0 for p in ref.parameters())  # parked on disk (tiny-gpt2 is not memory-mapped)
         for i, batch in enumerate(step_batches):
-            scored = torch.nn.functional.pad(batch["labels"][:, 1:] != -100, (0, 1), value=False)
-            torch.testing.assert_close(at(i)[scored], expected[i][scored], rtol=1e-5, atol=1e-5)
+            scored = batch["labels"][:, 1:] != -100  # the positions that predict a response token
+            rows = at(i)[0, :-1]  # [N, V]: the layout of packed.kl_logits_and_labels
+            assert at(i)[0, -1].eq(0).all()
+            torch.testing.assert_close(rows, expected[i][:, :-1][scored], rtol=1e-5, atol=1e-5)
     assert all(p.numel() > 0 for p in ref.parameters())  # back in memory after the session

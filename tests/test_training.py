@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from lab7_helpers import trainable_copy
+from lab7_helpers import nll_and_kl, trainable_copy
 from lab7_helpers.training import batches, kl_beta_sweep, train_dpo, train_kl
 from lab7_helpers.app.trl_dpo import train_dpo_trl
 
@@ -209,3 +209,14 @@ def test_beta_sweep_measures_an_already_trained_model_to_the_same_numbers(tiny, 
     pd.testing.assert_frame_equal(reused, kl_beta_sweep(tiny[0], tokenizer, pairs, [0.0, 1.0], **args))
     untrained = kl_beta_sweep(tiny[0], tokenizer, pairs, [1.0], trained={1.0: trainable_copy(tiny[0])}, **args)
     assert untrained.loc[1.0, "kl"] == 0.0  # the model given is measured as it is, not trained again
+
+
+def test_beta_sweep_measures_the_pairs_its_steps_trained_on(tiny, tokenizer, pairs):
+    args = dict(lr=1e-3, steps=2, seed=1, progress=False)
+    trained = trainable_copy(tiny[0])
+    train_kl(trained, tiny[0], tokenizer, pairs, beta=1.0, **args)
+    seen = [pairs[i] for idx in batches(len(pairs), 1, 2, 1) for i in idx]
+    assert len(seen) == 2 < len(pairs)
+    sweep = kl_beta_sweep(tiny[0], tokenizer, pairs, [1.0], trained={1.0: trained}, **args)
+    assert tuple(sweep.loc[1.0]) == nll_and_kl(trained, tiny[0], tokenizer, seen)
+    assert tuple(sweep.loc[1.0]) != nll_and_kl(trained, tiny[0], tokenizer, pairs)

@@ -90,7 +90,7 @@ def render_report(run: dict) -> str:
                      f"KL {last['kl']:.4f} (means per response token).</p>" + figure("kl_history"))
     if "beta_sweep" in run:
         parts.append("<h2>Beta sweep</h2><p>Each beta trains a fresh copy; NLL and KL are measured afterwards on "
-                     "the training pairs' chosen responses.</p>" + _table(run["beta_sweep"]) + figure("beta_sweep"))
+                     "the chosen responses of the pairs its steps trained on.</p>" + _table(run["beta_sweep"]) + figure("beta_sweep"))
     if "dpo_history" in run:
         parts.append("<h2>DPO (our loop)</h2><p>Right-hand panel: the summed log-probs of the chosen and rejected "
                      "responses minus the reference's. Below 0, the response is less likely than before training "

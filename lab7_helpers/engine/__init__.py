@@ -3,7 +3,7 @@
 The core's loops enter it through one door, ``session``, and call the steps it hands back::
 
     with engine.session(policy, ref, training=True) as fast:
-        logits = fast.logits(policy, batch)          # as training.model_logits
+        logits, labels = fast.kl_logits_and_labels(policy, batch)  # as training.kl_logits_and_labels
         fast.step(loss, optimizer, scaler)           # as training.optimizer_step
 
 Where the engine does not apply (a GPU, half precision, ``LAB7_ENGINE=0``), those steps are the core's own
@@ -11,7 +11,7 @@ functions and the session changes nothing. On a float32 CPU it uses:
 - ``onednn``: the linear layers through oneDNN (faster than MKL at these shapes), and pre-packed weights for
   decoding;
 - ``packed``: each pair's prompt runs once (``[prompt, chosen, rejected]`` in one sequence), and the LM head
-  runs on the positions that predict a response token only;
+  runs on the positions that predict a response token only; the KL update's loss gets those rows only;
 - ``step``: fused AdamW applies the gradient clipping, and a tied embedding adds its gradient in place;
 - ``memory``: freed memory is reused while training instead of being faulted back in at every step;
 - ``disk``: the reference's logits for the KL update are computed up front and kept on disk
@@ -33,7 +33,7 @@ import torch
 @dataclass(frozen=True)
 class Steps:
     """The steps a loop calls inside a session: the engine's twins, or the core's own functions."""
-    logits: Callable  # (model, batch) -> [B, T, V]; as training.model_logits
+    kl_logits_and_labels: Callable  # (model, batch) -> (logits, labels); as training.kl_logits_and_labels
     response_logits: Callable  # (model, tokenizer, pairs, max_length) -> (logits, targets, side); as scoring's
     step: Callable  # (loss, optimizer, scaler) -> None; as training.optimizer_step
     reference_logits: Callable  # (ref, step_batches, amp) -> at(i); as training.reference_logits
@@ -54,9 +54,9 @@ def applies(*models: torch.nn.Module) -> bool:
 def core_steps() -> Steps:
     """The teaching core's plain functions, as a session hands them out where the engine does not apply."""
     from ..scoring import response_logits
-    from ..training import model_logits, optimizer_step, reference_logits
+    from ..training import kl_logits_and_labels, optimizer_step, reference_logits
 
-    return Steps(model_logits, response_logits, optimizer_step, reference_logits, lambda model: nullcontext())
+    return Steps(kl_logits_and_labels, response_logits, optimizer_step, reference_logits, lambda model: nullcontext())
 
 
 @contextmanager
@@ -85,7 +85,7 @@ def session(*models: torch.nn.Module, training: bool = False, decode_rows: int =
                 stack.enter_context(onednn.onednn_linears(model))
             if training and any(p.requires_grad for p in model.parameters()):
                 stack.enter_context(step.tied_embedding_gradient_in_place(model))
-        yield Steps(packed.logits_at_responses, packed.response_logits, step.step,
+        yield Steps(packed.kl_logits_and_labels, packed.response_logits, step.step,
                     functools.partial(disk.reference_logits_on_disk, stack, models),
                     lambda model: disk.unused_unless_shared(model, models))
 

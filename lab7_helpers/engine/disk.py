@@ -135,15 +135,20 @@ def unused_unless_shared(model: torch.nn.Module, others) -> object:
 
 def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, step_batches: list[dict], amp):
     """Twin of ``training.reference_logits``: the frozen ``ref``'s logits on every distinct batch of
-    ``step_batches``, computed now (at the response positions only) and kept on disk; then ``ref``'s weights wait
+    ``step_batches``, computed now (at the response positions only, in the layout of
+    ``packed.kl_logits_and_labels``) and kept on disk; then ``ref``'s weights wait
     on disk too, until the session (``stack``) ends. Where ``ref`` shares weights with a model of the session
     (the policy passed as its own reference), each step's logits must see the updates so far: they are computed
     when asked for, as in the core."""
-    from ..training import reference_logits
-    from .packed import response_rows, spread
+    from .packed import as_one_sequence, response_rows
 
     if shares_weights(ref, models):
-        return reference_logits(ref, step_batches, amp)
+        @torch.no_grad()
+        def computed_now(i: int) -> torch.Tensor:
+            with amp():
+                return as_one_sequence(response_rows(ref, step_batches[i]))
+
+        return computed_now
     folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lab7_reference_")))
     files: dict[bytes, Path] = {}
     keys = [str(tuple(batch["input_ids"].shape)).encode() + batch["input_ids"].cpu().numpy().tobytes()
@@ -157,6 +162,6 @@ def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, ste
     stack.enter_context(weights_on_disk(ref))
 
     def at(i: int) -> torch.Tensor:
-        return spread(torch.load(files[keys[i]], weights_only=True), step_batches[i])
+        return as_one_sequence(torch.load(files[keys[i]], weights_only=True))
 
     return at

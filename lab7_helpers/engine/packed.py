@@ -19,11 +19,13 @@ def response_logits(model, tokenizer, pairs: Sequence[dict], max_length: int = 2
     return shared_prompt_logits(model, batch), batch["target"][scored], batch["side"]
 
 
-def logits_at_responses(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Twin of ``training.model_logits`` for the KL update: ``[B, T, V]`` logits, computed by the LM head at the
-    positions that predict a response token only, zeros elsewhere (where the labels are -100, which every loss
-    skips). V is 50k for GPT-2: the prompt positions' logits are never built."""
-    return spread(response_rows(model, batch), batch)
+def kl_logits_and_labels(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of ``training.kl_logits_and_labels``: the N positions of ``batch`` that predict a response token, as
+    ONE sequence. Logits ``[1, N + 1, V]``: the N response rows, then a row of zeros; labels ``[1, N + 1]``: -100,
+    then the N response tokens. A loss's shift by one lines them up (row j scores label j + 1), so a mean over
+    the response tokens, the KL update's loss, is the one on ``[B, T, V]``. The prompt positions' logits are
+    never built: V is 50k for GPT-2."""
+    return as_one_sequence(response_rows(model, batch)), response_labels(batch)
 
 
 def response_rows(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -33,12 +35,16 @@ def response_rows(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return upcast(model.get_output_embeddings()(hidden[:, :-1][mask]))
 
 
-def spread(rows: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``rows`` from ``response_rows`` back in the ``[B, T, V]`` layout, zeros at the other positions."""
-    mask = batch["labels"][:, 1:] != IGNORE_INDEX
-    logits = rows.new_zeros(mask.shape[0], mask.shape[1] + 1, rows.shape[-1])
-    logits[:, :-1][mask] = rows
-    return logits
+def as_one_sequence(rows: torch.Tensor) -> torch.Tensor:
+    """``[N, V]`` rows -> ``[1, N + 1, V]``: a row of zeros appended, which the shift by one drops."""
+    return torch.cat([rows, rows.new_zeros(1, rows.shape[-1])])[None]
+
+
+def response_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[1, N + 1]``: -100, then the N response tokens of ``batch`` in row-major order."""
+    targets = batch["labels"][:, 1:]
+    targets = targets[targets != IGNORE_INDEX]
+    return torch.cat([targets.new_full((1,), IGNORE_INDEX), targets])[None]
 
 
 def shared_prompt_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
