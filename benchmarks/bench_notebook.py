@@ -44,6 +44,13 @@ def finished_student_notebook():
     return student
 
 
+def cell_name(source: str) -> str:
+    """A cell's first line that does the work: not a comment, nor the ``checks.require`` guard many cells open with."""
+    lines = [line for line in source.strip().splitlines() if line.strip()]
+    work = [line for line in lines if not line.startswith(("#", "checks.require("))]
+    return (work or lines)[0][:60]
+
+
 def cell_seconds(notebook) -> list[tuple[str, float]]:
     """(first line, seconds) of every executed code cell, from the kernel's own timestamps."""
     out = []
@@ -52,7 +59,7 @@ def cell_seconds(notebook) -> list[tuple[str, float]]:
         if cell.cell_type == "code" and "shell.execute_reply" in timing:
             start = datetime.fromisoformat(timing["iopub.execute_input"].replace("Z", "+00:00"))
             end = datetime.fromisoformat(timing["shell.execute_reply"].replace("Z", "+00:00"))
-            out.append((cell.source.strip().splitlines()[0][:60], (end - start).total_seconds()))
+            out.append((cell_name(cell.source), (end - start).total_seconds()))
     return out
 
 

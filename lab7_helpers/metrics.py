@@ -8,8 +8,6 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .scoring import pair_logprobs
-
 # Whole phrases that signal a refusal, matched as whole words: "unable to" alone would flag "I was unable to
 # sleep", so each phrase names who refuses.
 DEFAULT_REFUSAL_PHRASES = (
@@ -71,28 +69,11 @@ def mean_logprobs(scores: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return scores["chosen"] / scores["chosen_tokens"], scores["rejected"] / scores["rejected_tokens"]
 
 
-def preference_accuracy(model, tokenizer, pairs: Sequence[dict], batch_size: int = 8,
-                        max_length: int = 256) -> float:
-    """Share of pairs where the model gives the chosen response the higher **mean per-token** log-prob (a mean,
-    so that length is no penalty). It needs no reference, so it compares any models, the base model included."""
-    chosen, rejected = mean_logprobs(pair_logprobs(model, tokenizer, pairs, batch_size, max_length))
-    return (chosen > rejected).float().mean().item()
-
-
 def implicit_reward_margins(policy_scores: dict, ref_scores: dict, beta: float) -> torch.Tensor:
     """DPO's implicit reward margin per pair, ``[N]``: ``beta * (log-ratio of chosen - log-ratio of rejected)``,
     from ``pair_logprobs``'s **summed** log-probs of the policy and the reference on the same pairs."""
     return beta * ((policy_scores["chosen"] - ref_scores["chosen"])
                    - (policy_scores["rejected"] - ref_scores["rejected"]))
-
-
-def reward_accuracy(model, ref, tokenizer, pairs: Sequence[dict], beta: float, batch_size: int = 8,
-                    max_length: int = 256) -> float:
-    """Share of pairs whose implicit reward margin is > 0 (strictly), as TRL's ``rewards/accuracies``; 0.0 for
-    the reference itself."""
-    margins = implicit_reward_margins(pair_logprobs(model, tokenizer, pairs, batch_size, max_length),
-                                      pair_logprobs(ref, tokenizer, pairs, batch_size, max_length), beta)
-    return (margins > 0).float().mean().item()
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:

@@ -30,12 +30,6 @@ def mixed_precision_dtype(device: torch.device | str) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
 
 
-def precision_flags(device: torch.device | str) -> dict[str, bool]:
-    """The ``bf16``/``fp16`` flags of TRL's ``DPOConfig`` (a Trainer config) for the same choice (neither on CPU)."""
-    dtype = mixed_precision_dtype(device)
-    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
-
-
 def describe_runtime() -> str:
     """One line for the notebook: the device the lab will use and its training precision."""
     if not torch.cuda.is_available():

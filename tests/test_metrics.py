@@ -3,8 +3,8 @@ import torch
 
 from lab7_helpers.metrics import implicit_reward_margins, trigram_repetition
 from lab7_helpers.scoring import pair_logprobs
-from lab7_helpers import (distinct_n, encode_pair, preference_accuracy,
-                          refusal_flag, repetition_score, reward_accuracy, sequence_logprobs)
+from lab7_helpers import distinct_n, encode_pair, refusal_flag, repetition_score, sequence_logprobs
+from lab7_helpers.evaluation import held_out_scores, model_metrics
 
 
 def test_repetition_score_is_the_original_labs_formula():
@@ -64,21 +64,29 @@ def test_pair_logprobs_match_separate_forwards(tiny, tokenizer, pairs):
             assert scores[f"{key}_tokens"][i].item() == sum(label != -100 for label in enc["labels"])
 
 
-def test_preference_accuracy_uses_mean_per_token_logprobs(tiny, tokenizer, pairs):
+def metrics_row(model, ref, tokenizer, pairs):
+    """The evaluation's metrics for ``model`` on ``pairs`` (empty texts: only the pair metrics count here)."""
+    scores, ref_scores = held_out_scores({"model": model}, ref, tokenizer, pairs)
+    chosen_longer = torch.tensor([len(p["chosen"].split()) > len(p["rejected"].split()) for p in pairs])
+    return model_metrics([""] * len(pairs), scores["model"], ref_scores, chosen_longer, beta=0.1,
+                         is_reference=model is ref)
+
+
+def test_pref_acc_uses_mean_per_token_logprobs(tiny, tokenizer, pairs):
     scores = pair_logprobs(tiny[0], tokenizer, pairs)
     means = (scores["chosen"] / scores["chosen_tokens"] > scores["rejected"] / scores["rejected_tokens"]).float()
     sums = (scores["chosen"] > scores["rejected"]).float()
     assert not torch.equal(means, sums)  # the pairs are chosen so that mean and sum disagree
-    assert preference_accuracy(tiny[0], tokenizer, pairs) == pytest.approx(means.mean().item())
+    assert metrics_row(tiny[0], tiny[0], tokenizer, pairs)["pref_acc"] == pytest.approx(means.mean().item())
 
 
-def test_reward_accuracy(tiny, policy, tokenizer, pairs):
+def test_reward_acc_counts_positive_implicit_reward_margins(tiny, policy, tokenizer, pairs):
     ref = tiny[0]
-    assert reward_accuracy(ref, ref, tokenizer, pairs, beta=0.1) == 0.0  # every margin is exactly 0
+    assert metrics_row(ref, ref, tokenizer, pairs)["reward_acc"] == 0.0  # every margin is exactly 0
     margins = implicit_reward_margins(pair_logprobs(policy, tokenizer, pairs), pair_logprobs(ref, tokenizer, pairs),
                                       0.1)
-    assert margins.abs().min() > 0
-    assert reward_accuracy(policy, ref, tokenizer, pairs, 0.1) == pytest.approx((margins > 0).float().mean().item())
+    assert margins.abs().min() > 0 and 0 < (margins > 0).float().mean() < 1
+    assert metrics_row(policy, ref, tokenizer, pairs)["reward_acc"] == pytest.approx((margins > 0).float().mean().item())
 
 
 def test_held_out_scores_match_pair_logprobs_and_response_kl(tiny, tokenizer, pairs, policy):

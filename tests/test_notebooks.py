@@ -173,7 +173,7 @@ def test_solution_notebook_runs_end_to_end_in_simulated_colab(monkeypatch, tmp_p
     assert spread.splitlines()[-1].split() == ["KL", "detached", "0", "0"], spread
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
     assert images >= 4  # KL curves, beta sweep, DPO curves, metrics
-    assert "pref_acc" in everything and "dpo_trl" in everything
+    assert "pref_acc" in everything and "dpo_trl" not in everything  # TRL's short CPU run is not compared
     downloads = (tmp_path / "downloads.txt").read_text().split()
     assert downloads == [str((tmp_path / "lab7_answers.json").resolve())]
     answers = json.loads(Path(downloads[0]).read_text())

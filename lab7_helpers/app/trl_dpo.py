@@ -6,14 +6,22 @@ import tempfile
 from typing import Sequence
 
 import pandas as pd
+import torch
 
 from .. import engine
 from ..data import format_prompt
-from ..models import precision_flags, remove_forward_patch
+from ..models import mixed_precision_dtype, remove_forward_patch
 from ..training import history_frame
 
 MIN_TRL = (0, 29)
 HISTORY_COLUMNS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
+
+
+def precision_flags(device: torch.device | str) -> dict[str, bool]:
+    """The ``bf16``/``fp16`` flags of TRL's ``DPOConfig`` (a Trainer config) for the precision the lab's own loops
+    use on ``device`` (neither on CPU)."""
+    dtype = mixed_precision_dtype(device)
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
 
 def dpo_dataset(pairs: Sequence[dict]):
