@@ -83,6 +83,9 @@ def test_few_pairs_note_and_intervals_for_reading():
     assert list(shown.columns) == ["pref_acc", "len_words"]
     assert shown.loc["a", "pref_acc"] == "0.750 [0.300, 0.950]" and shown.loc["b", "pref_acc"] == "n/a"
     assert shown.loc["a", "len_words"] == "3.000"
+    tiny_negative = pd.DataFrame({"kl_to_ref": [-2e-5], "kl_to_ref_low": [-4e-4], "kl_to_ref_high": [3e-4]})
+    assert with_intervals(tiny_negative).iloc[0, 0] == "0.000 [0.000, 0.000]"  # not -0.000
+    assert with_intervals(pd.DataFrame({"m": [-0.0004, -0.0006]}))["m"].tolist() == ["0.000", "-0.001"]
 
 
 def test_sample_held_out_pairs_leave_out_prompts_trained_on():
@@ -117,6 +120,18 @@ def test_data_card_counts_what_the_file_holds(tmp_path):
     balanced = [{"prompt": f"Q{i}?", "chosen": "yes " * (1 + i % 2 * 5), "rejected": "no " * (1 + (i + 1) % 2 * 5)}
                 for i in range(10)]
     assert data_card(write_pairs(tmp_path / "b.jsonl", balanced))["shortcut to watch"].startswith("No single")
+
+
+def test_data_card_names_the_side_a_one_sided_feature_is_on(tmp_path):
+    """Refusals mostly on the rejected side (5 pairs, 1 on the chosen side): the model is punished for them."""
+    refusal, answer = "I can't help with that, sorry.", "Here is a clear answer, step by step."
+    rows = [{"prompt": f"Q{i}?", "chosen": answer, "rejected": refusal} for i in range(5)]
+    rows += [{"prompt": "Q5?", "chosen": refusal, "rejected": answer}]
+    rows += [{"prompt": f"R{i}?", "chosen": f"Answer {i}, done.", "rejected": f"Other answer {i}."} for i in range(14)]
+    card = data_card(write_pairs(tmp_path / "pairs.jsonl", rows))
+    assert card["refusal on one side only"] == "6 pairs: chosen refuses in 1, rejected in 5"
+    assert ("refusals: they appear on the rejected side only in 5 pairs (the other side only in 1), so the model "
+            "is punished for refusing as such") in card["shortcut to watch"].lower()
 
 
 def test_dpo_epochs_scale_with_the_data_within_bounds():

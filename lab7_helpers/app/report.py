@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tables import metric_descriptions, with_intervals
+from .tables import fixed, metric_descriptions, with_intervals
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -40,7 +40,7 @@ def save_generations(generations: pd.DataFrame, path: Path) -> None:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(float_format=lambda v: f"{v:.3f}", na_rep="n/a", border=0, classes="table")
+    return frame.to_html(float_format=fixed, na_rep="n/a", border=0, classes="table")
 
 
 def _text_table(frame: pd.DataFrame) -> str:
@@ -90,7 +90,8 @@ def render_report(run: dict) -> str:
                      f"KL {last['kl']:.4f} (means per response token).</p>" + figure("kl_history"))
     if "beta_sweep" in run:
         parts.append("<h2>Beta sweep</h2><p>Each beta trains a fresh copy; NLL and KL are measured afterwards on "
-                     "the chosen responses of the pairs its steps trained on.</p>" + _table(run["beta_sweep"]) + figure("beta_sweep"))
+                     "the chosen responses of the pairs its steps trained on.</p>" + _table(run["beta_sweep"])
+                     + figure("beta_sweep"))
     if "dpo_history" in run:
         parts.append("<h2>DPO (our loop)</h2><p>Right-hand panel: the summed log-probs of the chosen and rejected "
                      "responses minus the reference's. Below 0, the response is less likely than before training "

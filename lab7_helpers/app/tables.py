@@ -27,6 +27,12 @@ def few_pairs_note(n_pairs: int) -> str:
             f"a rate by {100 / max(n_pairs, 1):.0f} points; the intervals show how wide the doubt is).")
 
 
+def fixed(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals; a tiny negative number reads 0.000, not -0.000."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def with_intervals(metrics: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """``metrics`` for reading: each metric as ``"value [low, high]"``, without the separate interval columns."""
     names = [c for c in metrics.columns if not c.endswith(("_low", "_high"))]
@@ -36,8 +42,8 @@ def with_intervals(metrics: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         if pd.isna(value):
             return "n/a"
         if f"{name}_low" not in row or pd.isna(row[f"{name}_low"]):
-            return f"{value:.{digits}f}"
-        return f"{value:.{digits}f} [{row[f'{name}_low']:.{digits}f}, {row[f'{name}_high']:.{digits}f}]"
+            return fixed(value, digits)
+        return f"{fixed(value, digits)} [{fixed(row[f'{name}_low'], digits)}, {fixed(row[f'{name}_high'], digits)}]"
 
     return pd.DataFrame({name: [cell(row, name) for _, row in metrics.iterrows()] for name in names},
                         index=metrics.index)

@@ -59,10 +59,11 @@ def data_card(path: str | Path, refusal_phrases=DEFAULT_REFUSAL_PHRASES) -> pd.S
                                                  ("tone words", tone, "sounding warm or hedging")):
         # one-sided in at least 5% of the pairs, and at least 3 times as often on that side as on the other
         if max(on_chosen, on_rejected) >= max(2, 0.05 * n, 3 * min(on_chosen, on_rejected)):
-            side = "chosen" if on_chosen else "rejected"
-            shortcuts.append((max(on_chosen, on_rejected) / n, f"{what}: they appear on the {side} side only in "
-                              f"{max(on_chosen, on_rejected)} pairs (the other side only in {min(on_chosen, on_rejected)}), so the model is "
-                              f"{'rewarded' if on_chosen else 'punished'} for {verb} as such"))
+            more, fewer = max(on_chosen, on_rejected), min(on_chosen, on_rejected)
+            side = "chosen" if on_chosen > on_rejected else "rejected"
+            shortcuts.append((more / n, f"{what}: they appear on the {side} side only in {more} pairs (the other "
+                                        f"side only in {fewer}), so the model is "
+                                        f"{'rewarded' if side == 'chosen' else 'punished'} for {verb} as such"))
     shortcut = ("; ".join(s for _, s in sorted(shortcuts, reverse=True)) if shortcuts else
                 "no single surface feature (length, refusals, tone words) separates chosen from rejected here")
     return pd.Series({
