@@ -3,6 +3,7 @@ failed stage, 130 for Ctrl-C, 143 for SIGTERM), never in a traceback, and keeps 
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,12 @@ def test_weight_folders_are_removed_when_a_stage_is_interrupted(short_pairs, tmp
     assert seen and not list(tmp_path.glob("lab7_weights_*"))
 
 
+def ctrl_c_as_at_a_terminal() -> None:
+    """In the child, before Python starts: SIGINT to its default. A shell's background job (``pytest ... &``)
+    ignores SIGINT, Python then never raises KeyboardInterrupt, and a Ctrl-C test would run a whole job instead."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 SIGNAL_DURING = {
     # Ctrl-C while the libraries load, before any stage: nothing written yet
     "SIGINT at start-up": ("cli.quiet_libraries = lambda: os.kill(os.getpid(), signal.SIGINT)", 130,
@@ -191,7 +198,7 @@ def test_signals_end_with_one_line(when, short_pairs, tmp_path):
     script = (f"import os, signal, sys, time\nimport lab7_helpers.app.cli as cli\n{patch}\n"
               f"sys.exit(cli.main({['run', *FAST, '--pairs', str(short_pairs), '--out', str(out)]!r}))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TMPDIR": str(tmp_path)})
+                            env={**os.environ, "TMPDIR": str(tmp_path)}, preexec_fn=ctrl_c_as_at_a_terminal)
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith(message)
     assert not list(tmp_path.glob("lab7_weights_*"))
@@ -209,7 +216,8 @@ def test_ctrl_c_while_torch_loads_ends_in_one_line():
               "sys.argv = ['lab7', 'run', '--model', 'tiny-gpt2']\n"
               "import runpy\n"
               "runpy.run_module('lab7_helpers.app.cli', run_name='__main__')\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            preexec_fn=ctrl_c_as_at_a_terminal)
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip() == "lab7: interrupted while starting"
 
