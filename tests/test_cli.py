@@ -22,11 +22,20 @@ def small_pairs(tmp_path_factory):
     return path
 
 
+SWEEP = ["--kl-beta-sweep", "0,0.05,1"]  # 0.05: the KL update's beta, which the sweep measures, not trains again
+
+
 @pytest.fixture(scope="module")
 def full_run(small_pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl",
-                 "--kl-beta-sweep", "0,1"]) == 0
+    import lab7_helpers.training as training
+
+    trained_betas = []
+    train_kl = training.train_kl
+    with pytest.MonkeyPatch.context() as patch:  # counts the sweep's own trainings
+        patch.setattr(training, "train_kl", lambda *a, **k: trained_betas.append(k["beta"]) or train_kl(*a, **k))
+        assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl", *SWEEP]) == 0
+    assert trained_betas == [0.0, 1.0]
     return out
 
 
@@ -49,12 +58,12 @@ def test_run_writes_every_output(full_run):
     assert json.loads((full_run / "settings.json").read_text())["dpo_epochs"] is None
     assert all(f'src="{name}"' in report for name in OUTPUTS if name.endswith(".png"))
     assert pd.read_csv(full_run / "history_kl.csv").shape == (2, 4)
+    assert list(pd.read_csv(full_run / "beta_sweep.csv")["beta"]) == [0.0, 0.05, 1.0]
 
 
 def test_same_seed_gives_byte_identical_outputs(full_run, small_pairs, tmp_path):
     out = tmp_path / "again"
-    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl",
-                 "--kl-beta-sweep", "0,1"]) == 0
+    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl", *SWEEP]) == 0
     for name in ["history_kl.csv", "history_dpo.csv", "beta_sweep.csv", "metrics.csv", "generations.jsonl"]:
         assert (out / name).read_bytes() == (full_run / name).read_bytes(), name
 

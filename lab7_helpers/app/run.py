@@ -217,7 +217,8 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
 
     def beta_sweep() -> None:
         run["beta_sweep"] = kl_beta_sweep(ref, tokenizer, train, settings.kl_beta_sweep, lr=settings.kl_lr,
-                                          steps=settings.kl_steps, **common)
+                                          steps=settings.kl_steps, trained={settings.kl_beta: models["kl"]},
+                                          **common)  # the KL update's beta: measured, not trained again
         save_csv(run["beta_sweep"], out / "beta_sweep.csv")
         finish("beta sweep", beta_sweep=plot_beta_sweep(run["beta_sweep"]))
 
