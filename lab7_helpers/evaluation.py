@@ -9,8 +9,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import engine
+from .data import IGNORE_INDEX, encode_pair, pad_batch
 from .generation import generate
-from .losses import picked_logprobs, token_kl
+from .losses import kl_regularized_loss, picked_logprobs, token_kl
 from .metrics import (DEFAULT_REFUSAL_PHRASES, bootstrap_indices, bootstrap_interval, distinct_n,
                       implicit_reward_margins, mean_logprobs, refusal_flag, repetition_score,
                       trigram_repetition, wilson_interval)
@@ -73,11 +74,30 @@ def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_s
     return {name: in_order["" if model is ref else name] for name, model in models.items()}, in_order[""]
 
 
-def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 256) -> tuple[float, float]:
-    """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``."""
-    scores = held_out_scores({"model": model}, ref, tokenizer, pairs, max_length=max_length)[0]["model"]
-    n_tokens = scores["chosen_tokens"].sum()
-    return (-scores["chosen"].sum() / n_tokens).item(), (scores["kl"].sum() / n_tokens).item()
+@torch.inference_mode()
+def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 256,
+               batch_size: int = 4) -> tuple[float, float]:
+    """Mean NLL and mean exact KL(model || ref) per token over the **chosen** responses of ``pairs``, in eval
+    mode: the two terms of the KL update's loss, on the rows that loss sees (the chosen side only)."""
+    device = next(model.parameters()).device
+    encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
+    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i]["input_ids"]))  # less padding per batch
+    totals = torch.zeros(3, dtype=torch.float64)  # NLL summed over tokens, KL summed, tokens
+    was_training = model.training
+    model.eval()
+    try:
+        with engine.session(model, ref) as fast:
+            for start in range(0, len(order), batch_size):
+                batch = pad_batch([encoded[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits, labels = fast.kl_logits_and_labels(model, batch)
+                ref_logits, _ = fast.kl_logits_and_labels(ref, batch)
+                _, nll, kl = kl_regularized_loss(logits, ref_logits, labels, beta=0.0)  # means over the batch
+                n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
+                totals += torch.stack([nll * n_tokens, kl * n_tokens, n_tokens]).double().cpu()
+    finally:
+        model.train(was_training)
+    return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
 
 def model_metrics(texts: Sequence[str], scores: dict, ref_scores: dict, chosen_longer: torch.Tensor, beta: float,
