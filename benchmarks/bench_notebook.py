@@ -109,7 +109,7 @@ def main() -> None:
     rate_after = matmul_gflops()
     heavy = sorted(rows, key=lambda r: -r["solution s"])[:10]
     print_table(heavy, f"Heaviest cells ({args.model}, {data}; all cells: benchmarks/results/)")
-    print(f"\nwhole notebook: " + ", ".join(f"{k[:-2]}{v:.0f} s" for k, v in total.items())
+    print(f"\nwhole notebook: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in total.items())
           + f" (target {TARGET_SECONDS} s); fp32 matmul {rate_before:.0f} GFLOP/s before, {rate_after:.0f} after")
     name = "notebook" + (f"_{Path(args.pairs).stem}" if args.pairs else "")
     save_result(name, {"model": args.model, "pairs": data, "cells": rows, **total, "target_s": TARGET_SECONDS,
