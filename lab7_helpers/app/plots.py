@@ -62,8 +62,12 @@ def plot_beta_sweep(sweep: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(5, 3.6), layout="constrained")
     ax = fig.subplots()
     ax.plot(sweep["kl"], sweep["nll"], marker="o")
-    for beta, row in sweep.iterrows():
-        ax.annotate(f"beta={beta:g}", (row["kl"], row["nll"]), textcoords="offset points", xytext=(5, 5))
+    for i, (beta, row) in enumerate(sweep.iterrows()):
+        # neighbouring betas can land nearly on one point (0 and 0.05 often do): their labels alternate between
+        # above right and below left (a larger beta has the smaller KL, so it sits to the left)
+        ax.annotate(f"beta={beta:g}", (row["kl"], row["nll"]), textcoords="offset points",
+                    **(dict(xytext=(6, 6), ha="left") if i % 2 == 0 else dict(xytext=(-6, -14), ha="right")))
+    ax.margins(x=0.2, y=0.15)  # room for the labels inside the axes
     ax.locator_params(axis="x", nbins=4)  # a few ticks: KL values can be long numbers (tiny-gpt2's are ~2e-5)
     ax.set_xlabel("KL to reference (nats per token)")
     ax.set_ylabel("NLL of chosen responses")
