@@ -77,7 +77,9 @@ def execute(notebook, model: str, pairs: str = "") -> list[tuple[str, float]]:
 
 def write_lab6_sized(path: Path) -> str:
     """Every 6th line of the bundled sample (21 of its 121 pairs) into ``path``; returns the path."""
-    lines = [line for line in (ROOT / "data" / "dpo_pairs.jsonl").read_text().splitlines() if line.strip()]
+    from lab7_helpers import BUNDLED_PAIRS
+
+    lines = [line for line in BUNDLED_PAIRS.read_text().splitlines() if line.strip()]
     path.write_text("\n".join(lines[::6]) + "\n")
     return str(path)
 
@@ -109,11 +111,12 @@ def main() -> None:
     rate_after = matmul_gflops()
     heavy = sorted(rows, key=lambda r: -r["solution s"])[:10]
     print_table(heavy, f"Heaviest cells ({args.model}, {data}; all cells: benchmarks/results/)")
-    print(f"\nwhole notebook: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in total.items())
+    print("\nwhole notebook: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in total.items())
           + f" (target {TARGET_SECONDS} s); fp32 matmul {rate_before:.0f} GFLOP/s before, {rate_after:.0f} after")
     name = "notebook" + (f"_{Path(args.pairs).stem}" if args.pairs else "")
     save_result(name, {"model": args.model, "pairs": data, "cells": rows, **total, "target_s": TARGET_SECONDS,
                        "matmul_gflops": [rate_before, rate_after]})
+
 
 if __name__ == "__main__":
     main()

@@ -81,14 +81,13 @@ def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 2
     mode: the two terms of the KL update's loss, on the rows that loss sees (the chosen side only)."""
     device = next(model.parameters()).device
     encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
-    order = sorted(range(len(pairs)), key=lambda i: len(encoded[i]["input_ids"]))  # less padding per batch
     totals = torch.zeros(3, dtype=torch.float64)  # NLL summed over tokens, KL summed, tokens
     was_training = model.training
     model.eval()
     try:
         with engine.session(model, ref) as fast:
-            for start in range(0, len(order), batch_size):
-                batch = pad_batch([encoded[i] for i in order[start:start + batch_size]], tokenizer.pad_token_id)
+            for idx in length_sorted_batches(pairs, batch_size):
+                batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
                 batch = {k: v.to(device) for k, v in batch.items()}
                 logits, labels = fast.kl_logits_and_labels(model, batch)
                 ref_logits, _ = fast.kl_logits_and_labels(ref, batch)
