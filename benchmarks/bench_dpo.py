@@ -1,7 +1,7 @@
 """DPO training: the lab's train_dpo vs TRL's DPOTrainer (lab settings, TRL defaults otherwise), side by side.
 
     python benchmarks/bench_dpo.py                 # smollm2-135m, 48 pairs at batch 1 and at batch 8
-    python benchmarks/bench_dpo.py --smoke         # tiny-gpt2, a few pairs, one child process (the test suite)
+    python benchmarks/bench_dpo.py --smoke         # tiny-gpt2, a few pairs, in this process (the test suite)
 
 Prints pairs/s, peak memory, first-step losses (they must agree to 1e-5) and hardware efficiency: training
 FLOP/s (6 x params x tokens for the policy, 2 x params x tokens for the reference) as a share of this machine's
@@ -45,7 +45,7 @@ OURS, TRL, TRL_AS_SHIPPED = "lab7 train_dpo", "TRL DPOTrainer", "TRL, default al
 
 def measure(trainer: str, model_name: str, n_pairs: int, batch_size: int) -> dict:
     """Runs in a fresh child process, so that peak memory is this trainer's alone (model loading included); in
-    smoke mode every row runs in the same child (its figures are never read; starting a child takes longest)."""
+    smoke mode in the script's own process."""
     import resource
 
     quiet_libraries()
@@ -86,7 +86,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny-gpt2, 2 pairs at batch 1 and 8 at batch 8, every row in one child process: checks "
+                        help="tiny-gpt2, 2 pairs at batch 1 and 8 at batch 8, every row in this process: checks "
                         "the script runs")
     parser.add_argument("--pairs-b1", type=int, default=48)
     parser.add_argument("--pairs-b8", type=int, default=48)
@@ -102,12 +102,16 @@ def main() -> int:
     plan = [(trainer, batch_size) for batch_size in sizes
             for trainer in ((OURS, TRL, TRL_AS_SHIPPED) if batch_size == 1 else (OURS, TRL))]
     runs: dict[tuple[str, int], list[dict]] = {key: [] for key in plan}
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                             max_tasks_per_child=None if args.smoke else 1) as pool:
-        for round_ in range(1 if args.smoke else args.rounds):
-            for trainer, batch_size in plan if round_ % 2 == 0 else plan[::-1]:
-                runs[trainer, batch_size].append(pool.submit(measure, trainer, model_name, sizes[batch_size],
-                                                             batch_size).result())
+    if args.smoke:  # every row in this process: its figures are never read, and a child takes longest to start
+        for trainer, batch_size in plan:
+            runs[trainer, batch_size].append(measure(trainer, model_name, sizes[batch_size], batch_size))
+    else:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                 max_tasks_per_child=1) as pool:
+            for round_ in range(args.rounds):
+                for trainer, batch_size in plan if round_ % 2 == 0 else plan[::-1]:
+                    runs[trainer, batch_size].append(pool.submit(measure, trainer, model_name, sizes[batch_size],
+                                                                 batch_size).result())
     rows = [fastest(runs[key]) for key in plan]
     peak_after = matmul_gflops(seconds=0.5 if args.smoke else 3.0)
     for row in rows:  # against the higher of the two readings, so that a busy moment cannot flatter us
@@ -115,7 +119,7 @@ def main() -> int:
 
     print(f"model {model_name} ({rows[0]['params_m']:.1f}M parameters); fp32 matmul peak {peak:.0f} GFLOP/s "
           f"(before) / {peak_after:.0f} (after); "
-          f"{'all runs in one process (smoke)' if args.smoke else 'each run in its own process'}, the fastest of "
+          f"{'all runs in this process (smoke)' if args.smoke else 'each run in its own process'}, the fastest of "
           f"{rows[0]['runs']} per row")
     print_table(rows, "DPO training")
     ratios = []

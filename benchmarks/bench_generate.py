@@ -35,14 +35,17 @@ def main() -> int:
     new_tokens = 8 if args.smoke else 80
     rows = []
     has_onednn = onednn.has_onednn_linear
-    for name, batch_size, packed in (("one at a time", 1, True), ("batched", len(prompts), True),
-                                     ("batched, plain layers", len(prompts), False)):
-        onednn.has_onednn_linear = has_onednn if packed else (lambda: False)
-        start = time.perf_counter()
-        texts = lab.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, batch_size=batch_size)
-        seconds = time.perf_counter() - start
-        rows.append({"loop": name, "prompts": len(prompts), "seconds": seconds,
-                     "prompts_per_s": len(prompts) / seconds, "words": sum(len(t.split()) for t in texts)})
+    try:
+        for name, batch_size, packed in (("one at a time", 1, True), ("batched", len(prompts), True),
+                                         ("batched, plain layers", len(prompts), False)):
+            onednn.has_onednn_linear = has_onednn if packed else (lambda: False)
+            start = time.perf_counter()
+            texts = lab.generate(model, tokenizer, prompts, max_new_tokens=new_tokens, batch_size=batch_size)
+            seconds = time.perf_counter() - start
+            rows.append({"loop": name, "prompts": len(prompts), "seconds": seconds,
+                         "prompts_per_s": len(prompts) / seconds, "words": sum(len(t.split()) for t in texts)})
+    finally:  # the plain layers were this script's switch only
+        onednn.has_onednn_linear = has_onednn
     print_table(rows, f"Generation, {new_tokens} new tokens (target: batched >= 4x one at a time)")
     speedup = rows[1]["prompts_per_s"] / rows[0]["prompts_per_s"]
     packing = rows[1]["prompts_per_s"] / rows[2]["prompts_per_s"]

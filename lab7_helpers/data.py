@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
-FIELDS = ("prompt", "chosen", "rejected")
+from .sources.pair_shapes import FIELDS  # ("prompt", "chosen", "rejected"), as the file readers return them
 IGNORE_INDEX = -100  # label value that losses skip (prompt and padding positions)
 
 

@@ -23,18 +23,23 @@ def small_pairs(tmp_path_factory):
 
 
 SWEEP = ["--kl-beta-sweep", "0,0.05,1"]  # 0.05: the KL update's beta, which the sweep measures, not trains again
+# One DPO pass, not the 4 that scaling gives 10 pairs: a quarter of both DPO stages' steps (tests/test_cli_bad_inputs.py
+# checks the scaled default)
+ONE_PASS = ["--dpo-epochs", "1"]
 
 
 @pytest.fixture(scope="module")
 def full_run(small_pairs, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
+    import lab7_helpers.app.run  # noqa: F401 - binds the real train_kl for the KL update before the patch below
     import lab7_helpers.training as training
 
     trained_betas = []
     train_kl = training.train_kl
     with pytest.MonkeyPatch.context() as patch:  # counts the sweep's own trainings
         patch.setattr(training, "train_kl", lambda *a, **k: trained_betas.append(k["beta"]) or train_kl(*a, **k))
-        assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl", *SWEEP]) == 0
+        assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl", *SWEEP,
+                     *ONE_PASS]) == 0
     assert trained_betas == [0.0, 1.0]
     return out
 
@@ -54,18 +59,26 @@ def test_run_writes_every_output(full_run):
     report = (full_run / "report.html").read_text()
     assert "random weights" in report and "not run / not finished" not in report
     assert "Our DPO loop vs TRL" in report and "last pass: mean loss" in report
-    assert "4 (scaled with the data)" in report  # 10 training pairs: 4 passes; settings.json keeps what was asked
-    assert json.loads((full_run / "settings.json").read_text())["dpo_epochs"] is None
+    assert json.loads((full_run / "settings.json").read_text())["dpo_epochs"] == 1
+    assert pd.read_csv(full_run / "history_dpo.csv").shape[0] == 10  # one pass over the 10 training pairs
     assert all(f'src="{name}"' in report for name in OUTPUTS if name.endswith(".png"))
     assert pd.read_csv(full_run / "history_kl.csv").shape == (2, 4)
     assert list(pd.read_csv(full_run / "beta_sweep.csv")["beta"]) == [0.0, 0.05, 1.0]
 
 
-def test_same_seed_gives_byte_identical_outputs(full_run, small_pairs, tmp_path):
+def test_same_seed_gives_byte_identical_outputs_with_or_without_trl(full_run, small_pairs, tmp_path):
+    """The same seed again, without TRL's model this time: every other model's lines are the same bytes, so no
+    stage's random draws depend on whether TRL's ran."""
     out = tmp_path / "again"
-    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), "--with-trl", *SWEEP]) == 0
-    for name in ["history_kl.csv", "history_dpo.csv", "beta_sweep.csv", "metrics.csv", "generations.jsonl"]:
+    assert main(["run", *FAST, "--pairs", str(small_pairs), "--out", str(out), *SWEEP, *ONE_PASS]) == 0
+    for name in ["history_kl.csv", "history_dpo.csv", "beta_sweep.csv"]:
         assert (out / name).read_bytes() == (full_run / name).read_bytes(), name
+    with_trl = (full_run / "metrics.csv").read_text().splitlines()
+    assert (out / "metrics.csv").read_text().splitlines() == [line for line in with_trl
+                                                               if not line.startswith("dpo_trl,")]
+    generations = [json.loads(line) for line in (full_run / "generations.jsonl").read_text().splitlines()]
+    assert (out / "generations.jsonl").read_text() == "".join(
+        json.dumps({k: v for k, v in row.items() if k != "dpo_trl"}, ensure_ascii=False) + "\n" for row in generations)
 
 
 def run_cli(*args):
@@ -105,6 +118,21 @@ def test_bad_pairs_file_names_every_bad_line_without_a_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     for line in (5, 6, 7, 8):
         assert f"lab6_style_example.jsonl:{line}:" in result.stderr
+
+
+def test_help_a_bad_flag_and_a_bad_pairs_file_answer_before_torch_loads(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": "a"}\n')
+    script = ("import sys\nfrom lab7_helpers.app.cli import main\n"
+              f"codes = [main(['run', '--pairs', {str(bad)!r}, '--out', {str(tmp_path / 'out')!r}])]\n"
+              "for argv in (['--help'], ['run', '--top-p', '2']):\n"
+              "    try:\n        main(argv)\n    except SystemExit as stop:\n        codes.append(stop.code)\n"
+              "assert codes == [2, 0, 2], codes\n"
+              "assert 'torch' not in sys.modules, 'torch was loaded'\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f'{bad}:1: missing field "rejected"' in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_file_with_one_pair_is_too_small_to_split(tmp_path, capsys):

@@ -76,7 +76,8 @@ RUNS = [  # a divergent --kl-lr: test_rerun_into_a_failed_runs_folder...
      ["DPO failed: the loss became", "--dpo-lr 1e+06"], EVALUATED | KL_DONE, ["base", "kl"]),
     ("600-word prompts in training and held out, --max-length 100000", "long", ["--max-length", "100000"], 0,
      ["--max-length 100000 is more than tiny-gpt2 reads at once: using its context of 512 tokens",
-      "the model reads at most 512 tokens, so 1 prompt(s) lost their start"],
+      "the model reads at most 512 tokens, so 1 prompt(s) lost their start",
+      "4 (scaled with the data)"],  # 1 training pair: 4 passes, the most (tests/test_cli.py runs one pass)
      EVALUATED | KL_DONE | DPO_DONE, ["base", "kl", "dpo"]),
 ]
 
@@ -98,7 +99,8 @@ def test_runs_end_in_one_sentence_and_keep_what_finished(name, pairs, flags, cod
         assert all(part in report for part in parts), report
     assert {p.name for p in out.iterdir()} == outputs
     assert list(pd.read_csv(out / "metrics.csv", index_col="model").index) == models
-    assert strict_json(out / "settings.json")["model"] == "tiny-gpt2"
+    settings = strict_json(out / "settings.json")
+    assert settings["model"] == "tiny-gpt2" and settings["dpo_epochs"] is None  # as asked: scaled with the data
 
 
 def a_file(tmp: Path) -> Path:
@@ -181,7 +183,7 @@ def ctrl_c_as_at_a_terminal() -> None:
 
 
 SIGNAL_DURING = {
-    # Ctrl-C while the libraries load, before any stage: nothing written yet
+    # Ctrl-C as the libraries begin to load, before any stage: nothing written yet
     "SIGINT at start-up": ("cli.quiet_libraries = lambda: os.kill(os.getpid(), signal.SIGINT)", 130,
                            "lab7: interrupted"),
     # SIGTERM while DPO trains: the KL model's weight folder must go too

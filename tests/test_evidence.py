@@ -13,9 +13,9 @@ from matplotlib.container import ErrorbarContainer
 
 from lab7_helpers import train_dpo, trainable_copy
 from lab7_helpers.app import cli
+import lab7_helpers.app.run as run_module
 from lab7_helpers.app.plots import plot_beta_sweep, plot_dpo_history, plot_metrics
 from lab7_helpers.app.report import render_report
-from lab7_helpers.app.run import displacement_note
 from lab7_helpers.training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, scaled_dpo_epochs
 from lab7_helpers.sources.data_card import data_card
 from lab7_helpers.app.tables import few_pairs_note, sample_held_out_pairs, with_intervals
@@ -150,7 +150,7 @@ def test_original_settings_are_one_flag_away(monkeypatch, tmp_path):
         return {"metrics": pd.DataFrame({m: [0.0] for m in METRIC_DESCRIPTIONS}, index=["base"]), "notes": [],
                 "failures": []}
 
-    monkeypatch.setattr(cli, "run_lab", fake_run_lab)
+    monkeypatch.setattr(run_module, "run_lab", fake_run_lab)  # the command line imports it when it needs it
     monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
     common = ["run", "--model", "tiny-gpt2"]
     assert cli.main(common + ["--out", str(tmp_path / "a")]) == 0
@@ -174,9 +174,10 @@ def test_train_dpo_logs_log_probs_relative_to_the_reference(tiny, tokenizer, pai
 
 
 def test_displacement_note_says_when_chosen_fell_below_the_reference():
-    assert displacement_note("held-out pairs", -3.2, -9.0).startswith("Likelihood displacement (held-out pairs)")
-    assert "less likely" in displacement_note("x", -0.1, -1.0)
-    assert "Likelihood displacement" not in displacement_note("x", 0.5, -1.0)
+    note = run_module.displacement_note("held-out pairs", -3.2, -9.0)
+    assert note.startswith("Likelihood displacement (held-out pairs)")
+    assert "less likely" in run_module.displacement_note("x", -0.1, -1.0)
+    assert "Likelihood displacement" not in run_module.displacement_note("x", 0.5, -1.0)
 
 
 def test_plot_metrics_draws_intervals_and_no_bar_for_a_missing_value():

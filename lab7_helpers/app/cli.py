@@ -13,15 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
-    from ..engine.disk import remove_stale_weight_folders
-    from .tables import with_intervals
-    from .hub import check_model_available, default_model
-    from .run import ORIGINAL_LAB, LabSettings, run_lab
-except KeyboardInterrupt:
-    print("\nlab7: interrupted while starting", file=sys.stderr)
-    raise SystemExit(130) from None
+from ..sources.pair_files import load_pairs
+from .settings import ORIGINAL_LAB, LabSettings
 
+# torch and the lab's stages load only once the flags and files are known to be usable (run_command)
 DEFAULTS = LabSettings()
 
 
@@ -204,8 +199,19 @@ def run_command(args) -> int:
     if problem:
         print(f"lab7: error: {problem}", file=sys.stderr)
         return 2
+    with warnings.catch_warnings():  # a bad file stops here, in a second; run_lab reads it again and notes its warnings
+        warnings.simplefilter("ignore")
+        load_pairs(args.pairs)
+    try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
+        quiet_libraries()
+        from ..engine.disk import remove_stale_weight_folders
+        from .hub import check_model_available, default_model
+        from .run import run_lab
+        from .tables import with_intervals
+    except KeyboardInterrupt:
+        print("\nlab7: interrupted while starting", file=sys.stderr)
+        return 130
     remove_stale_weight_folders()  # left by runs that were killed outright
-    quiet_libraries()
     if args.model is None:  # default_model only picks a model it can load
         args.model, why = default_model()
         print(f"lab7: using model {args.model} ({why}; choose another with --model)", file=sys.stderr)

@@ -12,7 +12,7 @@ import math
 import sys
 import traceback
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -20,41 +20,15 @@ import pandas as pd
 
 from ..data import FIELDS, split_pairs
 from ..sources.data_card import data_card
-from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
+from ..sources.pair_files import load_pairs
 from ..evaluation import evaluate_models
 from ..engine.disk import weights_on_disk
 from ..models import TINY_GPT2, context_length, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_comparison, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
+from .settings import LabSettings
 from .tables import few_pairs_note, sample_held_out_pairs
 from ..training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, kl_beta_sweep, scaled_dpo_epochs, train_dpo, train_kl
-
-
-ORIGINAL_LAB = {"dpo_epochs": 1}  # what ``--original-settings`` restores: the settings where the defaults differ
-
-
-@dataclass
-class LabSettings:
-    """Every knob of a run; the defaults follow the original lab, except those in ``ORIGINAL_LAB``."""
-    model: str = "gpt2"
-    pairs: str = str(BUNDLED_PAIRS)
-    seed: int = 0
-    test_fraction: float = 0.2
-    max_length: int = 256
-    kl_beta: float = 0.05
-    kl_lr: float = 5e-5
-    kl_steps: int = 30
-    dpo_beta: float = 0.1
-    dpo_lr: float = 5e-6
-    dpo_epochs: int | None = None  # None: scaled_dpo_epochs
-    batch_size: int = 1
-    max_new_tokens: int = 80
-    temperature: float = 0.8
-    top_p: float = 0.95
-    with_trl: bool = False
-    kl_beta_sweep: list[float] = field(default_factory=list)
-    device: str | None = None
-    also_score_sample: bool = False  # also evaluate on the bundled sample's held-out pairs
 
 
 def planned_stages(settings: LabSettings) -> list[str]:

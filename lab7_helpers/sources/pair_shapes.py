@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..data import FIELDS
+FIELDS = ("prompt", "chosen", "rejected")  # the three texts of a pair, whatever shape its row had
 
 RESPONSE_KEYS = (("response_a", "response_b"), ("response1", "response2"), ("response_1", "response_2"))
 PREFERENCE_KEYS = ("preference", "preferred", "winner", "label", "choice")
