@@ -15,6 +15,18 @@ import torch  # noqa: E402
 
 from lab7_helpers import freeze, load_model, trainable_copy  # noqa: E402
 
+# The slowest files first (about 90 s down to 20 s each on the project's 2-core machine): the two workers take files
+# in this order, so the files left for the end are short ones and both workers finish at about the same time.
+SLOWEST_FILES = ("test_notebooks.py", "test_benchmarks.py", "test_cli_bad_inputs.py", "test_grading_attacks.py",
+                 "test_engine.py", "test_scale_out.py", "test_grading.py", "test_cli.py", "test_grading_answers.py",
+                 "test_training.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's tests keep their order
+
+
 PAIRS = [
     {"prompt": "Give advice to a student who is behind.", "chosen": "Pick one small task and finish it today.",
      "rejected": "Just work harder."},
