@@ -116,6 +116,7 @@ def test_bad_pairs_file_names_every_bad_line_without_a_traceback(tmp_path):
     example = Path(BUNDLED_PAIRS).with_name("lab6_style_example.jsonl")
     result = run_cli("run", "--model", "tiny-gpt2", "--pairs", str(example), "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "add --skip-bad-lines to leave them out" in result.stderr and "on_error" not in result.stderr
     for line in (5, 6, 7, 8):
         assert f"lab6_style_example.jsonl:{line}:" in result.stderr
 

@@ -103,6 +103,20 @@ def test_runs_end_in_one_sentence_and_keep_what_finished(name, pairs, flags, cod
     assert settings["model"] == "tiny-gpt2" and settings["dpo_epochs"] is None  # as asked: scaled with the data
 
 
+def test_skip_bad_lines_trains_on_the_good_lines_and_says_what_it_left_out(short_pairs, tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(short_pairs.read_text() + '{"prompt": "Question 9?", "chosen": "Yes."}\n')
+    out = tmp_path / "out"
+    code, stderr = run([*FAST, "--pairs", str(pairs), "--out", str(out)], capsys)
+    assert code == 2 and f"{pairs}:5: missing field" in stderr and "add --skip-bad-lines" in stderr
+    assert not out.exists()
+    code, stderr = run([*FAST, "--pairs", str(pairs), "--out", str(out), "--skip-bad-lines"], capsys)
+    assert code == 0, stderr
+    assert f'skipped 1 bad line(s); first: {pairs}:5: missing field "rejected"' in stderr
+    assert "4 pairs from" in stderr  # the good lines, all of them
+    assert pd.read_csv(out / "data_card.csv", index_col=0).loc["bad lines left out", "data card"] == "1"
+
+
 def a_file(tmp: Path) -> Path:
     (tmp / "results.txt").write_text("mine")
     return tmp / "results.txt"

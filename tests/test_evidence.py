@@ -110,8 +110,11 @@ def test_data_card_counts_what_the_file_holds(tmp_path):
              {"prompt": "Tie?", "chosen": "Same.", "rejected": "Same."},
              {"prompt": "Bomb?", "chosen": "I can't help with that. Please ask something else.",
               "rejected": "Sure, here is how."}]
-    card = data_card(write_pairs(tmp_path / "pairs.jsonl", rows))
+    path = write_pairs(tmp_path / "pairs.jsonl", rows)
+    path.write_text(path.read_text() + '{"prompt": "Cut off?", "chosen": "Yes."}\n')  # no "rejected": a bad line
+    card = data_card(path)
     assert card["pairs"] == "11" and card["ties left out"] == "1" and card["duplicate pairs"] == "1"
+    assert card["bad lines left out"] == "1"
     assert card["contradicting pairs"].startswith("2 ")  # each side of the swap counts
     assert card["repeated prompts"].startswith("2 prompts")
     assert card["chosen is longer"].startswith("in 10 of 11 pairs (91%)")

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..sources.pair_files import load_pairs
+from ..sources.pair_files import SKIP_HINT, PairFileError, load_pairs
 from .settings import ORIGINAL_LAB, LabSettings
 
 # torch and the lab's stages load only once the flags and files are known to be usable (run_command)
@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help="tiny-gpt2, smollm2-135m, a local folder or a Hub name "
                      "(default: gpt2 if it can be loaded, else smollm2-135m)")
     run.add_argument("--pairs", default=DEFAULTS.pairs, help="JSONL file of prompt/chosen/rejected pairs")
+    run.add_argument("--skip-bad-lines", action="store_true",
+                     help="leave out the pairs file's bad lines (a note says how many, and names the first) instead "
+                     "of stopping at them")
     run.add_argument("--out", type=Path, default=None,
                      help="output folder (new or empty, unless --overwrite; default: runs/<time>-<model>)")
     run.add_argument("--overwrite", action="store_true",
@@ -199,9 +202,13 @@ def run_command(args) -> int:
     if problem:
         print(f"lab7: error: {problem}", file=sys.stderr)
         return 2
-    with warnings.catch_warnings():  # a bad file stops here, in a second; run_lab reads it again and notes its warnings
-        warnings.simplefilter("ignore")
-        load_pairs(args.pairs)
+    try:
+        with warnings.catch_warnings():  # a bad file stops here, in a second; run_lab reads it again and notes them
+            warnings.simplefilter("ignore")
+            load_pairs(args.pairs, on_error="skip" if args.skip_bad_lines else "raise")
+    except PairFileError as err:
+        print(f"lab7: error: {str(err).replace(SKIP_HINT, 'add --skip-bad-lines')}", file=sys.stderr)
+        return 2
     try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
         quiet_libraries()
         from ..engine.disk import remove_stale_weight_folders

@@ -141,7 +141,7 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pairs = load_pairs(settings.pairs)
+        pairs = load_pairs(settings.pairs, on_error="skip" if settings.skip_bad_lines else "raise")
     for w in caught:
         note(str(w.message))
     train, test = split_pairs(pairs, settings.test_fraction, settings.seed)

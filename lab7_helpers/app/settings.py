@@ -16,6 +16,7 @@ class LabSettings:
     """Every knob of a run; the defaults follow the original lab, except those in ``ORIGINAL_LAB``."""
     model: str = "gpt2"
     pairs: str = str(BUNDLED_PAIRS)
+    skip_bad_lines: bool = False  # leave out the pairs file's bad lines (a note says how many) instead of stopping
     seed: int = 0
     test_fraction: float = 0.2
     max_length: int = 256

@@ -36,8 +36,9 @@ def data_card(path: str | Path, refusal_phrases=DEFAULT_REFUSAL_PHRASES) -> pd.S
     """The data card of the pairs file at ``path``, one plain-language line per measure (a Series of strings)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pairs = load_pairs(path)
+        pairs = load_pairs(path, on_error="skip")  # a strict load that succeeded gives the same rows
     ties = sum(int(m.group(1)) for w in caught if (m := re.search(r"left out (\d+) tie", str(w.message))))
+    bad = sum(int(m.group(1)) for w in caught if (m := re.search(r"skipped (\d+) bad line", str(w.message))))
     n = len(pairs)
     triples = Counter((p["prompt"], p["chosen"], p["rejected"]) for p in pairs)
     swapped = sum(1 for prompt, chosen, rejected in triples if (prompt, rejected, chosen) in triples)
@@ -69,6 +70,7 @@ def data_card(path: str | Path, refusal_phrases=DEFAULT_REFUSAL_PHRASES) -> pd.S
     return pd.Series({
         "pairs": f"{n}",
         "ties left out": f"{ties}",
+        "bad lines left out": f"{bad}",
         "duplicate pairs": f"{sum(triples.values()) - len(triples)}",
         "contradicting pairs": f"{swapped} (the same prompt and responses, chosen and rejected swapped)",
         "repeated prompts": f"{sum(c > 1 for c in prompts.values())} prompts appear in more than one pair",

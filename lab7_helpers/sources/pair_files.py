@@ -25,6 +25,7 @@ def _sample_data_dir() -> Path:
 SAMPLE_DATA_DIR = _sample_data_dir()
 BUNDLED_PAIRS = SAMPLE_DATA_DIR / "dpo_pairs.jsonl"  # the team's sample preference set
 PAIR_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+SKIP_HINT = 'pass on_error="skip"'  # in the bad-lines error; ``lab7 run`` says its --skip-bad-lines instead
 
 
 class PairFileError(ValueError):
@@ -141,7 +142,7 @@ def load_pairs(path: str | Path, on_error: str = "raise") -> list[dict[str, str]
     if not recognised and first_keys is not None:
         raise PairFileError(path, [f"{path}: {unknown_shape(first_keys)}"])
     if problems and on_error == "raise":
-        hint = 'Fix these lines, or pass on_error="skip" to leave them out.'
+        hint = f"Fix these lines, or {SKIP_HINT} to leave them out."
         raise PairFileError(path, problems, f"{hint} {encoding_hint}" if encoding_hint else hint)
     if problems:
         warnings.warn(f"{path}: skipped {len(problems)} bad line(s); first: {problems[0]}", PairFileWarning,
