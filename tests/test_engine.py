@@ -125,8 +125,8 @@ ATOL = {"history_dpo.csv": 5e-6}
 def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
     """``lab7 run`` on tiny-gpt2 writes the histories, metrics and generations it wrote before the redesign
     (``tests/fixtures/golden_tiny_run``, from commit 190fed8): to the digits written, or within 1e-6 where the
-    sum order changed (``ATOL``). ``beta_sweep.csv`` was written again when the sweep began to measure on the pairs its steps
-    trained on (here 2 of 10), not on every training pair. ``repetition`` is now the original lab's formula
+    sum order changed (``ATOL``). ``beta_sweep.csv`` was written again when the sweep began to measure on the pairs
+    its steps trained on (here 2 of 10), not on every training pair. ``repetition`` is now the original lab's formula
     (1 - unique words / words, 0 under 10 words); recomputed from the fixture's generations.jsonl (2-4 words each)
     it is 0 everywhere, as the fixture already says, so the fixture is unchanged."""
     pairs = tmp_path / "pairs.jsonl"
