@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import pandas as pd
@@ -84,13 +85,15 @@ def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 2
     totals = torch.zeros(3, dtype=torch.float64)  # NLL summed over tokens, KL summed, tokens
     was_training = model.training
     model.eval()
+    batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+               for idx in length_sorted_batches(pairs, batch_size)]
     try:
         with engine.session(model, ref) as fast:
-            for idx in length_sorted_batches(pairs, batch_size):
-                batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
+            # the frozen reference's logits, as the KL update gets them (a CPU computes them once per process)
+            ref_logits_at = fast.reference_logits(ref, batches, nullcontext)
+            for i, batch in enumerate(batches):
                 logits, labels = fast.kl_logits_and_labels(model, batch)
-                ref_logits, _ = fast.kl_logits_and_labels(ref, batch)
+                ref_logits = ref_logits_at(i)
                 _, nll, kl = kl_regularized_loss(logits, ref_logits, labels, beta=0.0)  # means over the batch
                 n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
                 totals += torch.stack([nll * n_tokens, kl * n_tokens, n_tokens]).double().cpu()

@@ -170,3 +170,58 @@ def test_reference_logits_on_disk_equal_the_core_and_park_the_reference(tiny, to
             assert at(i)[0, -1].eq(0).all()
             torch.testing.assert_close(rows, expected[i][:, :-1][scored], rtol=1e-5, atol=1e-5)
     assert all(p.numel() > 0 for p in ref.parameters())  # back in memory after the session
+
+
+def test_reference_rows_are_computed_once_per_process_and_forgotten_when_the_reference_changes(tiny, tokenizer,
+                                                                                                 pairs, monkeypatch):
+    from lab7_helpers.engine.disk import REFERENCE_ROWS
+    from lab7_helpers.evaluation import nll_and_kl
+    from lab7_helpers.models import freeze
+    from lab7_helpers.training import kl_beta_sweep, train_kl
+
+    ref = freeze(trainable_copy(tiny[0]))  # a private reference: this test writes into its weights
+    args = dict(lr=1e-3, steps=4, seed=0, progress=False)
+
+    def trained(beta: float, fresh_process: bool):
+        if fresh_process:
+            REFERENCE_ROWS.clear()
+        before = REFERENCE_ROWS.computed
+        history = train_kl(trainable_copy(ref), ref, tokenizer, pairs, beta=beta, **args)
+        return history, REFERENCE_ROWS.computed - before
+
+    (alone_0, n_rows), (alone_1, _) = trained(0.0, True), trained(1.0, True)
+    REFERENCE_ROWS.clear()
+    (shared_0, first), (shared_1, second) = trained(0.0, False), trained(1.0, False)
+    assert n_rows > 0 and (first, second) == (n_rows, 0)  # tiny-gpt2 is parked on disk and copied back between
+    pd.testing.assert_frame_equal(alone_0, shared_0, check_exact=True)
+    pd.testing.assert_frame_equal(alone_1, shared_1, check_exact=True)
+
+    sweep = kl_beta_sweep(ref, tokenizer, pairs, [0.0, 1.0], **args)  # trains nothing new for the reference
+    computed = REFERENCE_ROWS.computed
+    assert sweep.equals(kl_beta_sweep(ref, tokenizer, pairs, [0.0, 1.0], **args))  # and measures on stored rows
+    assert REFERENCE_ROWS.computed == computed
+
+    with torch.no_grad():
+        next(ref.parameters()).mul_(1.5)  # a changed reference: its old rows must not be served
+    changed = nll_and_kl(tiny[0], ref, tokenizer, pairs)
+    assert REFERENCE_ROWS.computed > computed
+    monkeypatch.setenv("LAB7_ENGINE", "0")  # the core's own path, which stores nothing
+    assert nll_and_kl(tiny[0], ref, tokenizer, pairs) == pytest.approx(changed, rel=1e-5, abs=1e-6)
+
+
+def test_reference_row_store_keeps_at_most_its_limit_and_the_batches_in_use(tiny, tokenizer, pairs, monkeypatch):
+    from contextlib import nullcontext
+
+    from lab7_helpers.engine.disk import REFERENCE_ROWS
+
+    ref = tiny[0]
+    step_batches = [pad_batch([encode_pair(tokenizer, p["prompt"], p["chosen"])], tokenizer.pad_token_id)
+                    for p in pairs]
+    monkeypatch.setattr(REFERENCE_ROWS, "limit_bytes", 1)
+    REFERENCE_ROWS.clear()
+    first = REFERENCE_ROWS.files(ref, step_batches[:2], nullcontext)
+    assert all(path.exists() for path in first)  # in use by this call: kept over the limit
+    later = REFERENCE_ROWS.files(ref, step_batches[2:], nullcontext)
+    assert not any(path.exists() for path in first) and all(path.exists() for path in later)
+    REFERENCE_ROWS.clear()
+    assert not any(path.exists() for path in later)

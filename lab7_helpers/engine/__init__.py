@@ -15,7 +15,8 @@ functions and the session changes nothing. On a float32 CPU it uses:
 - ``step``: fused AdamW applies the gradient clipping, and a tied embedding adds its gradient in place;
 - ``memory``: freed memory is reused while training instead of being faulted back in at every step;
 - ``disk``: the reference's logits for the KL update are computed up front and kept on disk
-  (``fast.reference_logits``), and a model that a stage does not use waits on disk (``fast.unused(model)``).
+  (``fast.reference_logits``), once per batch for the whole process (a beta sweep's trainings and measurements
+  share them), and a model that a stage does not use waits on disk (``fast.unused(model)``).
 ``tests/test_engine.py`` checks each step against the core's.
 """
 
@@ -86,7 +87,7 @@ def session(*models: torch.nn.Module, training: bool = False, decode_rows: int =
             if training and any(p.requires_grad for p in model.parameters()):
                 stack.enter_context(step.tied_embedding_gradient_in_place(model))
         yield Steps(packed.kl_logits_and_labels, packed.response_logits, step.step,
-                    functools.partial(disk.reference_logits_on_disk, stack, models),
+                    functools.partial(disk.reference_logits_on_disk, stack, models, park=training),
                     lambda model: disk.unused_unless_shared(model, models))
 
 

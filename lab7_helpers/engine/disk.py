@@ -10,6 +10,7 @@ import re
 import shutil
 import tempfile
 import time
+import weakref
 from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -63,19 +64,21 @@ def weights_on_disk(*models: torch.nn.Module) -> Iterator[None]:
         for i, model in enumerate(models):
             if drop_file_pages(model):
                 continue
+            before = weights_fingerprint(model)
             params = dict(model.named_parameters())  # each tied parameter once
             path = Path(folder) / f"{i}.pt"
             torch.save({name: p.detach() for name, p in params.items()}, path)
             for p in params.values():
                 p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-            parked.append((params, path))
+            parked.append((model, before, params, path))
         try:
             yield
         finally:
-            for params, path in parked:
+            for model, before, params, path in parked:
                 saved = torch.load(path, weights_only=True)
                 for name, p in params.items():
                     p.data = saved[name]
+                REFERENCE_ROWS.moved(model, before)  # the same weights at new addresses
 
 
 MADV_DONTNEED = 4  # from Linux's <sys/mman.h>
@@ -133,13 +136,14 @@ def unused_unless_shared(model: torch.nn.Module, others) -> object:
     return nullcontext() if shares_weights(model, others) else weights_on_disk(model)
 
 
-def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, step_batches: list[dict], amp):
+def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, step_batches: list[dict], amp,
+                             park: bool = True):
     """Twin of ``training.reference_logits``: the frozen ``ref``'s logits on every distinct batch of
-    ``step_batches``, computed now (at the response positions only, in the layout of
-    ``packed.kl_logits_and_labels``) and kept on disk; then ``ref``'s weights wait
-    on disk too, until the session (``stack``) ends. Where ``ref`` shares weights with a model of the session
-    (the policy passed as its own reference), each step's logits must see the updates so far: they are computed
-    when asked for, as in the core."""
+    ``step_batches`` (at the response positions only, in the layout of ``packed.kl_logits_and_labels``), from the
+    process's ``REFERENCE_ROWS`` on disk, which computes those it does not hold yet. With ``park`` (a training
+    session), ``ref``'s weights then wait on disk until the session (``stack``) ends. Where ``ref`` shares
+    weights with a model of the session (the policy passed as its own reference), each step's logits must see
+    the updates so far: they are computed when asked for, as in the core."""
     from .packed import as_one_sequence, response_rows
 
     if shares_weights(ref, models):
@@ -149,19 +153,91 @@ def reference_logits_on_disk(stack: ExitStack, models, ref: torch.nn.Module, ste
                 return as_one_sequence(response_rows(ref, step_batches[i]))
 
         return computed_now
-    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lab7_reference_")))
-    files: dict[bytes, Path] = {}
-    keys = [str(tuple(batch["input_ids"].shape)).encode() + batch["input_ids"].cpu().numpy().tobytes()
-            for batch in step_batches]
-    with torch.inference_mode():
-        for key, batch in zip(keys, step_batches):
-            if key not in files:
-                with amp():
-                    files[key] = folder / f"{len(files)}.pt"
-                    torch.save(response_rows(ref, batch), files[key])
-    stack.enter_context(weights_on_disk(ref))
+    files = REFERENCE_ROWS.files(ref, step_batches, amp)
+    if park:
+        stack.enter_context(weights_on_disk(ref))
 
     def at(i: int) -> torch.Tensor:
-        return as_one_sequence(torch.load(files[keys[i]], weights_only=True))
+        return as_one_sequence(torch.load(files[i], weights_only=True))
 
     return at
+
+
+class ReferenceRowStore:
+    """The frozen reference's logit rows (``packed.response_rows``) per batch, on disk for the rest of the process.
+
+    A reference is frozen, so its rows on a batch never change: the KL update, each training of a beta sweep
+    and each measurement of the sweep's ``nll_and_kl`` compute them once between them. The store holds one
+    reference's rows at a time, and forgets them when any of its weights is replaced or written in place (a
+    parameter's address or version counter changes) or the model is gone. It keeps at most ``limit_bytes``,
+    dropping the oldest batches first. The folder goes at exit; ``remove_stale_weight_folders`` removes that of
+    a killed process (its pid is in the name)."""
+
+    def __init__(self, limit_bytes: int = 2 << 30):
+        self.limit_bytes = limit_bytes
+        self._owner, self._fingerprint, self._folder = None, None, None
+        self._files: dict[bytes, tuple[Path, int]] = {}  # batch key -> (file, size), oldest first
+        self.computed = 0  # batches computed so far (tests count them)
+
+    def files(self, ref: torch.nn.Module, step_batches: list[dict], amp) -> list[Path]:
+        """The file holding ``ref``'s rows for each of ``step_batches`` (the same file for equal batches)."""
+        from .packed import response_rows
+
+        self._forget_unless(ref)
+        keys = [batch_key(batch) for batch in step_batches]
+        with torch.inference_mode():
+            for key, batch in zip(keys, step_batches):
+                if key in self._files:
+                    self._files[key] = self._files.pop(key)  # now the newest
+                    continue
+                with amp():
+                    rows = response_rows(ref, batch)
+                path = Path(self._folder.name) / f"{self.computed}.pt"
+                torch.save(rows, path)
+                self._files[key] = (path, rows.numel() * rows.element_size())
+                self.computed += 1
+        paths = [self._files[key][0] for key in keys]
+        self._drop_oldest(keep=set(keys))
+        return paths
+
+    def moved(self, model: torch.nn.Module, before: tuple) -> None:
+        """``model``'s weights, which had ``before`` as their fingerprint, were copied back unchanged to new
+        addresses (``weights_on_disk``): its rows still hold."""
+        if self._owner is not None and self._owner() is model and self._fingerprint == before:
+            self._fingerprint = weights_fingerprint(model)
+
+    def clear(self) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+        self._owner, self._fingerprint, self._folder, self._files = None, None, None, {}
+
+    def _forget_unless(self, ref: torch.nn.Module) -> None:
+        fingerprint = weights_fingerprint(ref)
+        if self._owner is None or self._owner() is not ref or self._fingerprint != fingerprint:
+            self.clear()
+            self._owner, self._fingerprint = weakref.ref(ref), fingerprint
+            remove_stale_weight_folders()
+            self._folder = tempfile.TemporaryDirectory(prefix=f"{WEIGHT_FOLDER_PREFIX}{os.getpid()}_reference_")
+
+    def _drop_oldest(self, keep: set[bytes]) -> None:
+        total = sum(size for _, size in self._files.values())
+        for key in [key for key in self._files if key not in keep]:
+            if total <= self.limit_bytes:
+                break
+            path, size = self._files.pop(key)
+            path.unlink(missing_ok=True)
+            total -= size
+
+
+def weights_fingerprint(model: torch.nn.Module) -> tuple:
+    """Changes when a parameter of ``model`` is replaced (its address) or written in place (its version)."""
+    return tuple((p.data_ptr(), p._version, tuple(p.shape)) for p in model.parameters())
+
+
+def batch_key(batch: dict[str, torch.Tensor]) -> bytes:
+    """The tokens, attention mask and labels of ``batch``: what its reference rows depend on."""
+    return b"|".join(str(tuple(batch[name].shape)).encode() + batch[name].cpu().numpy().tobytes()
+                     for name in ("input_ids", "attention_mask", "labels"))
+
+
+REFERENCE_ROWS = ReferenceRowStore()
