@@ -22,7 +22,7 @@ from ..data import FIELDS, split_pairs
 from ..sources.data_card import data_card
 from ..sources.pair_files import load_pairs
 from ..evaluation import evaluate_models
-from ..engine.disk import weights_on_disk
+from ..engine.disk import REFERENCE_ROWS, weights_on_disk
 from ..models import TINY_GPT2, context_length, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_comparison, plot_dpo_history, plot_kl_history, plot_metrics
 from .report import render_report, save_csv, save_figure, save_generations, write_atomic
@@ -247,9 +247,14 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
         finish("evaluation on the sample", metrics_sample=plot_metrics(run["metrics_sample"]))
 
     training = {"KL update": kl_update, "beta sweep": beta_sweep, "DPO": dpo, "DPO (TRL)": dpo_trl}
-    for stage in [s for s in run["planned_stages"] if s in training]:
-        if not attempt(stage, training[stage]):
-            break
-    if attempt("evaluation", evaluation) and settings.also_score_sample:
-        attempt("evaluation on the sample", evaluation_on_the_sample)
+    try:
+        for stage in [s for s in run["planned_stages"] if s in training]:
+            if stage == "DPO":
+                REFERENCE_ROWS.clear()  # the KL update's reference rows, on disk, serve no later stage
+            if not attempt(stage, training[stage]):
+                break
+        if attempt("evaluation", evaluation) and settings.also_score_sample:
+            attempt("evaluation on the sample", evaluation_on_the_sample)
+    finally:
+        REFERENCE_ROWS.clear()
     return run
