@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..sources.pair_files import SKIP_HINT, PairFileError, load_pairs
+from ..sources.pair_files import PairFileError, load_pairs
 from .settings import ORIGINAL_LAB, LabSettings
 
 # torch and the lab's stages load only once the flags and files are known to be usable (run_command)
@@ -205,9 +205,10 @@ def run_command(args) -> int:
     try:
         with warnings.catch_warnings():  # a bad file stops here, in a second; run_lab reads it again and notes them
             warnings.simplefilter("ignore")
-            load_pairs(args.pairs, on_error="skip" if args.skip_bad_lines else "raise")
+            load_pairs(args.pairs, on_error="skip" if args.skip_bad_lines else "raise",
+                       skip_hint="add --skip-bad-lines")
     except PairFileError as err:
-        print(f"lab7: error: {str(err).replace(SKIP_HINT, 'add --skip-bad-lines')}", file=sys.stderr)
+        print(f"lab7: error: {err}", file=sys.stderr)
         return 2
     try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
         quiet_libraries()

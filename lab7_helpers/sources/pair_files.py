@@ -25,7 +25,6 @@ def _sample_data_dir() -> Path:
 SAMPLE_DATA_DIR = _sample_data_dir()
 BUNDLED_PAIRS = SAMPLE_DATA_DIR / "dpo_pairs.jsonl"  # the team's sample preference set
 PAIR_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
-SKIP_HINT = 'pass on_error="skip"'  # in the bad-lines error; ``lab7 run`` says its --skip-bad-lines instead
 
 
 class PairFileError(ValueError):
@@ -76,7 +75,8 @@ def _ties_note(path: Path, identical: int, marked: int) -> str:
         " and ".join(reasons) + "."
 
 
-def load_pairs(path: str | Path, on_error: str = "raise") -> list[dict[str, str]]:
+def load_pairs(path: str | Path, on_error: str = "raise",
+               skip_hint: str = 'pass on_error="skip"') -> list[dict[str, str]]:
     """Read preference pairs from a Lab 6 export: JSONL, a JSON list (or an object holding one list), or CSV/TSV
     with a header line; the shape is told from the content, not the file name.
 
@@ -94,6 +94,8 @@ def load_pairs(path: str | Path, on_error: str = "raise") -> list[dict[str, str]
         on_error: ``"raise"`` (default) raises ``PairFileError`` naming **every** bad row as ``path:line: problem``
             (a JSON list's rows also by element number); ``"skip"`` leaves bad rows out with one warning that
             counts them.
+        skip_hint: how the caller's user asks for ``"skip"``, in the error's last sentence (``lab7 run``: its
+            ``--skip-bad-lines``).
 
     Returns:
         The usable pairs, in file order.
@@ -142,7 +144,7 @@ def load_pairs(path: str | Path, on_error: str = "raise") -> list[dict[str, str]
     if not recognised and first_keys is not None:
         raise PairFileError(path, [f"{path}: {unknown_shape(first_keys)}"])
     if problems and on_error == "raise":
-        hint = f"Fix these lines, or {SKIP_HINT} to leave them out."
+        hint = f"Fix these lines, or {skip_hint} to leave them out."
         raise PairFileError(path, problems, f"{hint} {encoding_hint}" if encoding_hint else hint)
     if problems:
         warnings.warn(f"{path}: skipped {len(problems)} bad line(s); first: {problems[0]}", PairFileWarning,
