@@ -46,6 +46,14 @@ def left_by_a_dead_process(folder: Path) -> bool:
     return False
 
 
+def process_folder(kind: str = "") -> tempfile.TemporaryDirectory:
+    """A new temporary folder of this process, after removing those that killed runs left behind. It goes on
+    every exit Python sees (an error, Ctrl-C; ``lab7 run`` turns SIGTERM into one); the pid in its name lets a
+    later run remove it (``remove_stale_weight_folders``) if this process is killed outright."""
+    remove_stale_weight_folders()
+    return tempfile.TemporaryDirectory(prefix=f"{WEIGHT_FOLDER_PREFIX}{os.getpid()}_{kind}")
+
+
 @contextmanager
 def weights_on_disk(*models: torch.nn.Module) -> Iterator[None]:
     """Keep the parameters of ``models`` on disk while the block runs; bring them back exactly after.
@@ -56,10 +64,7 @@ def weights_on_disk(*models: torch.nn.Module) -> Iterator[None]:
     as the frozen reference) are on disk already: they are only dropped from memory (``drop_file_pages``) and
     read back from the file when next used. Other weights are saved to a temporary file.
     """
-    remove_stale_weight_folders()
-    # The folder goes on every exit Python sees (an error, Ctrl-C; ``lab7 run`` turns SIGTERM into one); the
-    # pid in its name lets a later run remove it if this process is killed outright.
-    with tempfile.TemporaryDirectory(prefix=f"{WEIGHT_FOLDER_PREFIX}{os.getpid()}_") as folder:
+    with process_folder() as folder:
         parked = []
         for i, model in enumerate(models):
             if drop_file_pages(model):
@@ -170,8 +175,7 @@ class ReferenceRowStore:
     and each measurement of the sweep's ``nll_and_kl`` compute them once between them. The store holds one
     reference's rows at a time, and forgets them when any of its weights is replaced or written in place (a
     parameter's address or version counter changes) or the model is gone. It keeps at most ``limit_bytes``,
-    dropping the oldest batches first. The folder goes at exit; ``remove_stale_weight_folders`` removes that of
-    a killed process (its pid is in the name)."""
+    dropping the oldest batches first, in a ``process_folder``."""
 
     def __init__(self, limit_bytes: int = 2 << 30):
         self.limit_bytes = limit_bytes
@@ -216,8 +220,7 @@ class ReferenceRowStore:
         if self._owner is None or self._owner() is not ref or self._fingerprint != fingerprint:
             self.clear()
             self._owner, self._fingerprint = weakref.ref(ref), fingerprint
-            remove_stale_weight_folders()
-            self._folder = tempfile.TemporaryDirectory(prefix=f"{WEIGHT_FOLDER_PREFIX}{os.getpid()}_reference_")
+            self._folder = process_folder("reference_")
 
     def _drop_oldest(self, keep: set[bytes]) -> None:
         total = sum(size for _, size in self._files.values())
