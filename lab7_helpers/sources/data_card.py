@@ -6,7 +6,6 @@ more" lowers the loss as well as "write better" does; the card counts such surfa
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..metrics import DEFAULT_REFUSAL_PHRASES, refusal_flag
-from .pair_files import load_pairs
+from .pair_files import PairFileWarning, load_pairs
 
 # Warm or hedging words: cheap for a model to add whatever the content.
 TONE_WORDS = ("sorry", "please", "thank you", "thanks", "glad", "happy to", "might", "perhaps", "not sure",
@@ -37,8 +36,8 @@ def data_card(path: str | Path, refusal_phrases=DEFAULT_REFUSAL_PHRASES) -> pd.S
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pairs = load_pairs(path, on_error="skip")  # a strict load that succeeded gives the same rows
-    ties = sum(int(m.group(1)) for w in caught if (m := re.search(r"left out (\d+) tie", str(w.message))))
-    bad = sum(int(m.group(1)) for w in caught if (m := re.search(r"skipped (\d+) bad line", str(w.message))))
+    left_out = [w.message for w in caught if isinstance(w.message, PairFileWarning)]
+    ties, bad = sum(w.ties for w in left_out), sum(w.bad_lines for w in left_out)
     n = len(pairs)
     triples = Counter((p["prompt"], p["chosen"], p["rejected"]) for p in pairs)
     swapped = sum(1 for prompt, chosen, rejected in triples if (prompt, rejected, chosen) in triples)

@@ -47,7 +47,11 @@ class PairFileError(ValueError):
 
 
 class PairFileWarning(UserWarning):
-    """Rows were left out of a preference file (ties, or bad lines with ``on_error="skip"``)."""
+    """Rows were left out of a preference file: ``ties``, or ``bad_lines`` with ``on_error="skip"`` (counts)."""
+
+    def __init__(self, message: str, ties: int = 0, bad_lines: int = 0):
+        super().__init__(message)
+        self.ties, self.bad_lines = ties, bad_lines
 
 
 def _check_path(path: Path) -> None:
@@ -147,10 +151,10 @@ def load_pairs(path: str | Path, on_error: str = "raise",
         hint = f"Fix these lines, or {skip_hint} to leave them out."
         raise PairFileError(path, problems, f"{hint} {encoding_hint}" if encoding_hint else hint)
     if problems:
-        warnings.warn(f"{path}: skipped {len(problems)} bad line(s); first: {problems[0]}", PairFileWarning,
-                      stacklevel=2)
+        warnings.warn(PairFileWarning(f"{path}: skipped {len(problems)} bad line(s); first: {problems[0]}",
+                                      bad_lines=len(problems)), stacklevel=2)
     if identical or marked:
-        warnings.warn(_ties_note(path, identical, marked), PairFileWarning, stacklevel=2)
+        warnings.warn(PairFileWarning(_ties_note(path, identical, marked), ties=identical + marked), stacklevel=2)
     if not pairs:
         ties = identical + marked
         if not ties and not problems:
