@@ -118,8 +118,11 @@ def test_session_hands_out_the_core_steps_when_switched_off(tiny, monkeypatch):
 
 # The fixture was written on 2 torch threads and the tests run on 1, which splits a DPO step's float32 sums
 # differently. A summed log-prob near -100 nats is exact to one float32 step there (8e-6), so the implicit rewards,
-# 0.1 x differences of such sums, move by up to 3e-6 (measured): history_dpo.csv compares within 5e-6.
-ATOL = {"history_dpo.csv": 5e-6}
+# 0.1 x differences of such sums, move by up to 3e-6 (measured): history_dpo.csv compares within 5e-6. TRL's history
+# moves the same way with the processor: on an AMD EPYC host (MKL takes other kernels there) its rewards read up to
+# 6e-6 from the fixture's, written on an Intel one, so history_dpo_trl.csv compares within 1e-5, and that model's
+# held-out reward margin in metrics.csv (1.0e-6 off there) within 5e-6.
+ATOL = {"history_dpo.csv": 5e-6, "history_dpo_trl.csv": 1e-5, "metrics.csv": 5e-6}
 
 
 def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
