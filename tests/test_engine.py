@@ -43,7 +43,7 @@ assert set(lab.__all__) <= set(dir(lab))
 assert all(getattr(lab, name) is not None for name in lab.__all__)
 from lab7_helpers import checks, load_pairs
 assert callable(lab.train_dpo) and lab.training.train_dpo is lab.train_dpo and callable(lab.data_card)
-assert checks.TODO_CHECKS and load_pairs is lab.load_pairs
+assert checks.TODOS and load_pairs is lab.load_pairs
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -129,11 +129,28 @@ def read_submission_dict(notebook):
     return extract(notebook)
 
 
-def test_bad_rubric_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ('[checks.kl-loss]\ntodo = "x"\n', r"\[checks.kl-loss\] may set only title and points, not todo"),
+    ('[checks.kl-los]\npoints = 1\n', r"\[checks.kl-los\] is not an automatic check \(known: token-kl, kl-loss"),
+    ('[checks.kl-loss]\npoints = "two"\n', r"\[checks.kl-loss\] points must be a number >= 0"),
+    ('[checkpoints.ties]\nquestion = "Why?"\n', r"\[checkpoints.ties\] needs points"),
+])
+def test_bad_rubric_is_a_clear_error(tmp_path, text, message):
     bad = tmp_path / "rubric.toml"
-    bad.write_text('[checks.kl-loss]\ntitle = "x"\n')
-    with pytest.raises(ValueError, match=r"\[checks.kl-loss\] needs todo, points"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
         load_rubric(bad)
+
+
+def test_a_rubric_overrides_only_the_points_and_titles_of_the_todo_table(tmp_path):
+    from lab7_helpers.checks import TODOS
+
+    mine = tmp_path / "rubric.toml"
+    mine.write_text('[checks.dpo-loss]\npoints = 4\n')
+    checks = load_rubric(mine)["checks"]
+    assert checks["dpo-loss"] == {"todo": "dpo-by-hand", "title": TODOS["dpo-loss"].title, "points": 4}
+    assert {key: check["points"] for key, check in load_rubric()["checks"].items()} == {
+        key: todo.points for key, todo in TODOS.items()}
 
 
 def test_grade_without_bubblewrap_refuses_or_warns(tmp_path, monkeypatch, capsys):

@@ -10,7 +10,8 @@ import pytest
 
 from lab7_helpers.grading import submissions
 from lab7_helpers.grading.grade import Limits, grade, load_rubric
-from lab7_helpers.grading.submissions import extract, name_from_file, questions_from_notebook
+from lab7_helpers.grading.identity import identities
+from lab7_helpers.grading.submissions import extract, questions_from_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
@@ -140,16 +141,16 @@ def test_a_todo_grades_with_the_students_own_imports_and_helpers():
                      "defines"]
 
 
-def test_student_name_comes_from_the_notebook_else_from_the_file_name(tmp_path):
+def test_the_name_typed_in_a_notebook_is_read_and_the_identity_comes_from_the_file(tmp_path):
     notebook = solution()
-    notebook["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": 'STUDENT_NAME = "Fiona  Chen"\n'})
-    assert extract(notebook)["student"] == "Fiona Chen"
+    notebook["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": 'STUDENT_NAME = "Fiona \u200b Chen"\n'})
+    assert extract(notebook)["student"] == "Fiona Chen"  # cleaned: zero-width space gone, spaces collapsed
     notebook["cells"][1]["source"] = 'STUDENT_NAME = ""  # your name\n'
     assert extract(notebook)["student"] == ""
-    for name, expected in (("alice (1).ipynb", "alice"), ("Copy of bob.ipynb", "bob"),
-                           ("carol_lab7_answers.json", "carol"), ("dave/lab7.ipynb", "dave"),
-                           ("erin/lab7_answers.json", "erin")):
-        assert name_from_file(tmp_path / name) == expected, name
+    names = ["alice (1).ipynb", "Copy of bob.ipynb", "carol_lab7_answers.json", "dave/lab7.ipynb",
+             "erin/lab7_answers.json", "erin/lab7.ipynb", "class/Copy of lab7.ipynb", "class/Copy of lab7 (1).ipynb"]
+    assert identities([tmp_path / name for name in names]) == [
+        "alice", "bob", "carol", "dave", "erin", "erin", "Copy of lab7", "Copy of lab7 (1)"]
 
 
 def test_questions_json_is_up_to_date_with_the_student_notebook():
@@ -161,7 +162,7 @@ def test_questions_json_is_up_to_date_with_the_student_notebook():
 def test_the_grader_provides_the_names_submissions_expect():
     from lab7_helpers.grading.worker import grading_namespace
 
-    assert set(grading_namespace(["Dataset.from_list(...)"])) - {"__name__"} == submissions.PROVIDED_NAMES
+    assert set(grading_namespace(["Dataset.from_list(...)"], [])) - {"__name__"} == submissions.PROVIDED_NAMES
 
 
 def write(path: Path, notebook: dict, age_seconds: float = 0) -> Path:
@@ -182,10 +183,7 @@ def graded_class(tmp_path_factory):
     write(flat / "dave (1).ipynb", in_answer_cells(solution()))
     write(folder / "erin" / "lab7.ipynb", in_question_cells(solution()))
     (folder / "erin" / "lab7_answers.json").write_text(json.dumps({"format": "lab7-answers", "answers": ANSWERS}))
-    original = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# Lab 7\n## Optimizing GPT-2 with KL "
-                           "Regularization + DPO"}, {"cell_type": "code", "metadata": {}, "source":
-                           "def kl_tokenwise(p, r):\n    pass\n", "outputs": []}]}
-    write(flat / "frank.ipynb", original)
+    write(flat / "frank.ipynb", original_lab_hand_in())
     write(flat / "gina.ipynb", {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# Lab 6: pairs"}],
                                 "metadata": {}, "nbformat": 4, "nbformat_minor": 0})
     no_answers = strip_metadata(solution())
@@ -198,8 +196,9 @@ def graded_class(tmp_path_factory):
 
 def test_every_hand_in_gets_every_todo_point_and_one_row_per_student(graded_class):
     folder, grades = graded_class
-    assert sorted(grades.index) == ["Henry Ito", "alice", "bob", "carol", "dave", "erin", "frank", "gina"]
-    for student in ("alice", "bob", "carol", "dave", "erin", "Henry Ito"):
+    assert sorted(grades.index) == ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "submission_0815"]
+    assert grades.loc["submission_0815", "names typed in it"] == "Henry Ito"  # a label: the row is the file's
+    for student in ("alice", "bob", "carol", "dave", "erin", "submission_0815"):
         assert grades.loc[student, "total"] == FULL_MARKS, grades.loc[student]
     for student in ("alice", "bob", "carol", "dave", "erin"):
         assert grades.loc[student, "status"] == "graded", grades.loc[student]
@@ -213,10 +212,54 @@ def test_every_hand_in_gets_every_todo_point_and_one_row_per_student(graded_clas
         assert set(answers.loc[student, [f"{k} found" for k in CHECKPOINTS]]) == {how}
 
 
+ORIGINAL_ANSWERS = {f"original {n}": f"Frank's answer {n}: ties carry no preference.\nA second line." for n in
+                    range(1, 8) if n != 6}  # Checkpoint 6 left empty
+
+
+def original_lab_hand_in() -> dict:
+    """The original Lab 7 as a student saves it from Colab: answers typed into the question cells, one (5) in a new
+    cell after its question, one (6) left empty; Checkpoint 3 shares its cell with the DPO introduction that follows
+    it in the original, and the answer sits between the two."""
+    original = submissions.original_questions()
+    code = lambda source: {"cell_type": "code", "metadata": {"id": "c"}, "source": source, "outputs": [],  # noqa: E731
+                           "execution_count": None}
+    markdown = lambda source: {"cell_type": "markdown", "metadata": {"id": "m"}, "source": source}  # noqa: E731
+    cells = [markdown("# Lab 7\n## Optimizing GPT-2 with KL Regularization + DPO"),
+             code("def load_dpo_jsonl(path):\n    return []\n"), code("def kl_tokenwise(p, r):\n    pass\n")]
+    dpo_intro = next(t for t in original["lab_text"] if t.startswith("### Direct Preference"))
+    for key, question in original["questions"].items():
+        answer = ORIGINAL_ANSWERS.get(key, "")
+        if key == "original 3":
+            cells.append(markdown(f"{question}\n\n{answer}\n\n{dpo_intro}\n\nWe directly optimize the policy so "
+                                  "that, for each prompt x:"))
+        elif key == "original 5":
+            cells += [markdown(question), markdown(answer)]
+        else:
+            cells.append(markdown(f"{question}\n\n{answer}" if answer else question))
+        cells.append(code("print('next step')"))
+    return {"cells": cells, "metadata": {"colab": {"provenance": []}}, "nbformat": 4, "nbformat_minor": 0}
+
+
+def test_an_original_lab_hand_in_keeps_every_typed_answer():
+    work = extract(original_lab_hand_in())
+    assert work["lab"] == "original lab 7" and work["todos"] == {} and work["unplaced"] == []
+    assert {k: v for k, v in work["answers"].items() if v} == ORIGINAL_ANSWERS
+    assert work["answers"]["original 6"] == "" and work["found"]["original 5"] == "cell after question"
+    assert work["found"]["original 1"] == "question cell"
+
+
 def test_missing_answers_and_other_notebooks_get_a_status_of_their_own(graded_class):
-    _, grades = graded_class
-    henry = grades.loc["Henry Ito"]
+    folder, grades = graded_class
+    answers = pd.read_csv(folder / "out" / "answers.csv", index_col="student", keep_default_na=False)
+    assert {k: answers.loc["frank", k] for k in ORIGINAL_ANSWERS} == ORIGINAL_ANSWERS
+    assert answers.loc["frank", "original 6"] == "" and answers.loc["alice", "original 1"] == ""
+    page = (folder / "out" / "grading.html").read_text()
+    assert "Original lab" in page and "Frank&#x27;s answer 7" in page and "Propose one additional automatic" in page
+    henry = grades.loc["submission_0815"]
     assert henry["status"] == "answers missing"
     assert f"no Checkpoint answer found (all {len(CHECKPOINTS)} empty)" in henry["problem"]
-    assert grades.loc["frank", "status"] == "original lab 7" and "grade it by hand" in grades.loc["frank", "problem"]
+    frank = grades.loc["frank"]
+    assert frank["status"] == "original lab 7" and "grade it by hand" in frank["problem"]
+    assert "no answer found for Checkpoint original 6" in frank["problem"] and frank["total"] == 0
+    assert frank["token-kl hint"] == "TODO cell not found"
     assert grades.loc["gina", "status"] == "not lab 7" and "another lab" in grades.loc["gina", "problem"]

@@ -47,14 +47,16 @@ def browser(tmp_path):
 def test_scores_persist_export_and_merge_into_grades(tmp_path, browser):
     folder = tmp_path / "class"
     folder.mkdir()
-    for student in ("alice", "bob"):
+    for student in ("__proto__", "alice", "bob"):  # a name that an object's prototype would swallow comes first
         (folder / f"{student}.ipynb").write_text(json.dumps(answers_only(f"{student} thinks hard")))
     out = tmp_path / "grades"
     assert main(["grade", str(folder), "--out", str(out)]) == 0
     page = (out / "grading.html").resolve().as_uri()
     browser.get(page)
     boxes = browser.find_elements(By.CSS_SELECTOR, "input.points")
-    assert len(boxes) == 2 * len(load_rubric()["checkpoints"])
+    assert len(boxes) == 3 * len(load_rubric()["checkpoints"])
+    proto = browser.find_element(By.CSS_SELECTOR, "td[data-student='__proto__'][data-checkpoint='ties'] input")
+    proto.send_keys("2")
     assert "alice thinks hard" in browser.page_source and "A tie carries no preference" in browser.page_source
 
     first = browser.find_element(By.CSS_SELECTOR, "td[data-student='alice'][data-checkpoint='ties'] input")
@@ -73,6 +75,8 @@ def test_scores_persist_export_and_merge_into_grades(tmp_path, browser):
     browser.refresh()
     restored = browser.find_element(By.CSS_SELECTOR, "td[data-student='alice'][data-checkpoint='ties']")
     assert restored.find_element(By.TAG_NAME, "input").get_attribute("value") == "1.5"
+    assert browser.find_element(By.CSS_SELECTOR, "td[data-student='__proto__'][data-checkpoint='ties'] input"
+                                ).get_attribute("value") == "2"
     assert restored.find_element(By.TAG_NAME, "textarea").get_attribute("value") == 'Good, but "log 2" needs a why, too'
 
     browser.find_element(By.ID, "export").click()
@@ -83,7 +87,7 @@ def test_scores_persist_export_and_merge_into_grades(tmp_path, browser):
         time.sleep(0.1)
     exported = download.read_bytes().decode()
     assert exported == browser.execute_script("return window.lab7ScoresCsv()")
-    assert exported.splitlines() == ["student,checkpoint,points,comment",
+    assert exported.splitlines() == ["student,checkpoint,points,comment", "__proto__,ties,2,",
                                      'alice,ties,1.5,"Good, but ""log 2"" needs a why, too"', "bob,constitution,1,"]
 
     assert main(["grade", str(folder), "--out", str(out), "--manual", str(download)]) == 0
@@ -93,6 +97,17 @@ def test_scores_persist_export_and_merge_into_grades(tmp_path, browser):
     assert grades.loc["bob", "total"] == grades.loc["bob", "automatic"] + 1
     assert "ties" in grades.loc["bob", "not graded by hand"] and "constitution" not in grades.loc["bob",
                                                                                                "not graded by hand"]
+
+
+def test_manual_scores_find_students_whose_names_carry_stray_spaces_or_line_ends(tmp_path):
+    for student in ("alice", "=bob"):
+        (tmp_path / f"{student}.ipynb").write_text(json.dumps(answers_only("an answer")))
+    scores = tmp_path / "scores.csv"
+    scores.write_bytes(b'student,checkpoint,points,comment\r\n alice ,ties,1,\r\n"\'=bob\r",ties,2,"\'=ok"\r\n')
+    assert main(["grade", str(tmp_path), "--out", str(tmp_path / "out"), "--manual", str(scores)]) == 0
+    grades = pd.read_csv(tmp_path / "out" / "grades.csv", index_col="student", keep_default_na=False)
+    assert grades.loc["alice", "ties points"] == 1 and grades.loc["'=bob", "ties points"] == 2
+    assert grades.loc["'=bob", "ties comment"] == "'=ok"  # kept, and still safe to open
 
 
 @pytest.mark.parametrize("row, message", [

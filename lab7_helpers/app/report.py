@@ -6,19 +6,12 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from ..outputs import write_atomic
 from .tables import fixed, metric_descriptions, with_intervals
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to ``path.tmp``, then rename: readers see the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -26,11 +19,6 @@ def save_figure(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     write_atomic(path, buffer.getvalue())
-
-
-def save_csv(frame: pd.DataFrame, path: Path) -> None:
-    """A DataFrame as CSV (6 significant digits, ``\\n`` line ends: byte-identical across runs), atomically."""
-    write_atomic(path, frame.to_csv(float_format="%.6g", lineterminator="\n"))
 
 
 def save_generations(generations: pd.DataFrame, path: Path) -> None:

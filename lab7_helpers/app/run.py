@@ -25,7 +25,8 @@ from ..evaluation import evaluate_models
 from ..engine.disk import REFERENCE_ROWS, weights_on_disk
 from ..models import TINY_GPT2, context_length, freeze, load_model, trainable_copy
 from .plots import plot_beta_sweep, plot_dpo_comparison, plot_dpo_history, plot_kl_history, plot_metrics
-from .report import render_report, save_csv, save_figure, save_generations, write_atomic
+from ..outputs import save_csv, write_atomic
+from .report import render_report, save_figure, save_generations
 from .settings import LabSettings
 from .tables import few_pairs_note, sample_held_out_pairs
 from ..training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, kl_beta_sweep, scaled_dpo_epochs, train_dpo, train_kl

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .. import freeze, load_model, split_pairs, train_dpo_trl, trainable_copy
     from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
-    from .report import save_csv
+    from ..outputs import save_csv
 
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes talk through gloo
     if args.global_batch_size % state.num_processes:

@@ -1,11 +1,15 @@
 """Self-checks for the notebook's TODOs, also used by the grader.
 
-Each check calls the student's code on small fixed inputs, compares it with the reference implementation and
-returns a ``CheckResult``: passed or not, points, and a one-line hint that names the likely mistake. A check
-never raises: an exception in the student's code becomes a failed result whose hint quotes the error.
+Each check calls the student's code on small random inputs drawn from ``seed`` (the notebook uses 0, the grader a
+new seed per grading run, so that a table of memorised answers fails), compares it with the reference
+implementation and returns a ``CheckResult``: passed or not, points, and a one-line hint that names the likely
+mistake. A check never raises: an exception in the student's code becomes a failed result whose hint quotes the
+error.
 
 ``require`` stops a notebook cell that needs an unfinished TODO with one sentence (``Stop``, shown without a
-traceback); ``TODO_CHECKS`` maps each rubric check id to its check, run on what the TODO cells defined.
+traceback). ``TODOS``, at the end, is the one table of the automatic checks: each check's id, its TODO cell and
+label, the names it takes from the student's namespace and its points. The notebook, the grader and the rubric
+read them from there.
 """
 
 from __future__ import annotations
@@ -16,15 +20,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..data import FIELDS, format_prompt
+from ..data import FIELDS, IGNORE_INDEX, format_prompt
 from ..losses import dpo_loss, kl_regularized_loss, sequence_logprobs, token_kl, token_logprobs
 
-GRADING_PAIRS = [  # the fixed pairs the grader gives a student's TODO cells as train_pairs
-    {"prompt": "How do I boil an egg?", "chosen": "Simmer it for 8 minutes, then cool it in cold water.",
-     "rejected": "Microwave it in its shell for five minutes."},
-    {"prompt": "Is 91 prime?", "chosen": "No: 91 = 7 x 13.", "rejected": "Yes."},
-    {"prompt": "Say hello.", "chosen": "Hello! How can I help?", "rejected": "Go away."},
-]
 # Sentences that should not be flagged as refusals (ordinary text), and ones that should.
 NOT_REFUSALS = ["I was unable to sleep last night.", "Dogs can't help wagging their tails.",
                 "Here is how to bake bread: mix flour, water and yeast.", "The museum cannot open on Mondays.",
@@ -90,21 +88,21 @@ class Missing:
     name: str
 
 
-def _result(name: str, todo: str, max_points: float, hint: str | None) -> CheckResult:
-    """``hint`` None means the check passed."""
-    return CheckResult(name, hint is None, max_points if hint is None else 0.0, max_points, hint or "", todo)
-
-
-def _guarded(name: str, todo: str, max_points: float, body: Callable[[], str | None], *student_values) -> CheckResult:
+def _guarded(check_id: str, max_points: float | None, body: Callable[[], str | None], *student_values) -> CheckResult:
+    """Run ``body`` (None: passed, else the hint) as the check ``check_id`` of ``TODOS``, worth ``max_points`` (the
+    table's points when None)."""
+    todo = TODOS[check_id]
+    points = todo.points if max_points is None else max_points
     missing = next((value for value in student_values if isinstance(value, Missing)), None)
     if missing is not None:
-        return _result(name, todo, max_points, f"{missing.name} is not defined: run the {todo} cell (keep its names).")
-    try:
-        return _result(name, todo, max_points, body())
-    except Exception as err:  # noqa: BLE001 - any error in student code is a failed check with a hint
-        if "ellipsis" in str(err):  # e.g. "unsupported operand type(s) for *: 'float' and 'ellipsis'"
-            return _result(name, todo, max_points, UNFINISHED)
-        return _result(name, todo, max_points, f"your code raised {describe_error(err)}")
+        hint = f"{missing.name} is not defined: run the {todo.label} cell (keep its names)."
+    else:
+        try:
+            hint = body()
+        except Exception as err:  # noqa: BLE001 - any error in student code is a failed check with a hint
+            # e.g. "unsupported operand type(s) for *: 'float' and 'ellipsis'"
+            hint = UNFINISHED if "ellipsis" in str(err) else f"your code raised {describe_error(err)}"
+    return CheckResult(todo.name, hint is None, points if hint is None else 0.0, points, hint or "", todo.label)
 
 
 def describe_error(err: BaseException) -> str:
@@ -123,11 +121,19 @@ def _close(a, b, tol: float = 1e-5) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, atol=tol, rtol=tol)
 
 
-def _kl_inputs(seed: int = 0):
+def _kl_inputs(seed: int):
+    """Random logits ``[B, T, V]`` for a policy and a reference, and labels ``[B, T]``: -100 on a prompt of 1-2
+    tokens and on right padding, at least two response tokens per row."""
     generator = torch.Generator().manual_seed(seed)
-    policy = torch.randn(2, 6, 11, generator=generator, dtype=torch.float64)
-    ref = torch.randn(2, 6, 11, generator=generator, dtype=torch.float64)
-    labels = torch.tensor([[-100, -100, 3, 7, 1, 9], [-100, 4, 2, 5, -100, -100]])
+    draw = lambda low, high: int(torch.randint(low, high + 1, (), generator=generator))  # noqa: E731
+    batch, length, vocab = draw(2, 3), draw(6, 9), draw(9, 16)
+    policy = torch.randn(batch, length, vocab, generator=generator, dtype=torch.float64)
+    ref = torch.randn(batch, length, vocab, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, vocab, (batch, length), generator=generator)
+    for row in labels:
+        prompt = draw(1, 2)
+        row[:prompt] = IGNORE_INDEX
+        row[prompt + 2 + draw(0, length - prompt - 2):] = IGNORE_INDEX
     return policy, ref, labels
 
 
@@ -135,11 +141,11 @@ NO_GRADIENT = ("your KL carries no gradient (computed under torch.no_grad() or d
                "term, but every beta would train the same model. This was the original lab's bug.")
 
 
-def check_token_kl(student_fn: Callable, max_points: float = 2.0) -> CheckResult:
+def check_token_kl(student_fn: Callable, max_points: float | None = None, seed: int = 0) -> CheckResult:
     """``student_fn(policy_logits, ref_logits) -> [B, T]`` against ``token_kl``, value and gradient."""
 
     def body() -> str | None:
-        policy, ref, _ = _kl_inputs(seed=2)
+        policy, ref, _ = _kl_inputs(seed + 2)
         want = token_kl(policy, ref)
         policy_in = policy.clone().requires_grad_(True)
         got = student_fn(policy_in, ref)
@@ -172,14 +178,14 @@ def check_token_kl(student_fn: Callable, max_points: float = 2.0) -> CheckResult
             return "the value is right but its gradient is not: is part of it detached (e.g. p.detach())?"
         return None
 
-    return _guarded("token KL", "TODO 1", max_points, body, student_fn)
+    return _guarded("token-kl", max_points, body, student_fn)
 
 
-def check_kl_loss(student_fn: Callable, max_points: float = 1.0) -> CheckResult:
+def check_kl_loss(student_fn: Callable, max_points: float | None = None, seed: int = 0) -> CheckResult:
     """``student_fn(policy_logits, ref_logits, labels, beta) -> (loss, nll, kl)`` against ``kl_regularized_loss``."""
 
     def body() -> str | None:
-        policy, ref, labels = _kl_inputs()
+        policy, ref, labels = _kl_inputs(seed)
         want_loss, want_nll, want_kl = kl_regularized_loss(policy, ref, labels, 0.5)
         policy_in = policy.clone().requires_grad_(True)
         result = student_fn(policy_in, ref, labels, 0.5)
@@ -209,10 +215,10 @@ def check_kl_loss(student_fn: Callable, max_points: float = 1.0) -> CheckResult:
             return "beta does not change the gradient: the KL term must be differentiable with respect to the policy."
         return None
 
-    return _guarded("KL-regularized loss", "TODO 1", max_points, body, student_fn)
+    return _guarded("kl-loss", max_points, body, student_fn)
 
 
-def check_sequence_logprobs(student_fn: Callable, max_points: float = 2.0) -> CheckResult:
+def check_sequence_logprobs(student_fn: Callable, max_points: float | None = None, seed: int = 0) -> CheckResult:
     """``student_fn(logits, labels) -> [B]`` against ``sequence_logprobs`` (a **sum** over response tokens)."""
 
     def masked_sum(logps, targets):
@@ -220,7 +226,7 @@ def check_sequence_logprobs(student_fn: Callable, max_points: float = 2.0) -> Ch
         return (picked * (targets != -100)).sum(-1)
 
     def body() -> str | None:
-        logits, _, labels = _kl_inputs(seed=1)
+        logits, _, labels = _kl_inputs(seed + 1)
         want = sequence_logprobs(logits, labels)
         try:
             got = student_fn(logits, labels)
@@ -249,17 +255,17 @@ def check_sequence_logprobs(student_fn: Callable, max_points: float = 2.0) -> Ch
             return "not equal to the sum of log p(token) over response tokens on our test logits."
         return None
 
-    return _guarded("sequence log-probs", "TODO 2", max_points, body, student_fn)
+    return _guarded("sequence-logprobs", max_points, body, student_fn)
 
 
-def check_dpo_loss(student_fn: Callable, max_points: float = 3.0) -> CheckResult:
+def check_dpo_loss(student_fn: Callable, max_points: float | None = None, seed: int = 0) -> CheckResult:
     """``student_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`` ->
     ``(losses [B], chosen_rewards [B], rejected_rewards [B])`` against ``dpo_loss``."""
 
     def body() -> str | None:
-        pc, pr = torch.tensor([-10.0, -30.0, -5.0]), torch.tensor([-12.0, -25.0, -9.0])
-        rc, rr = torch.tensor([-11.0, -28.0, -6.0]), torch.tensor([-11.5, -26.0, -8.0])
-        beta = 0.3
+        generator = torch.Generator().manual_seed(seed + 3)
+        pc, pr, rc, rr = -5 - 25 * torch.rand(4, 3, generator=generator)  # summed log-probs, [3] each
+        beta = round(0.1 + 0.4 * float(torch.rand((), generator=generator)), 2)
         want, want_chosen, want_rejected = dpo_loss(pc, pr, rc, rr, beta)
         got = student_fn(pc.clone().requires_grad_(True), pr.clone().requires_grad_(True), rc, rr, beta)
         if _unfinished(got):
@@ -294,10 +300,10 @@ def check_dpo_loss(student_fn: Callable, max_points: float = 3.0) -> CheckResult
             return "detach the rewards (.detach()): they are only logged, as TRL does, and must not carry gradient."
         return None
 
-    return _guarded("DPO loss by hand", "TODO 2", max_points, body, student_fn)
+    return _guarded("dpo-loss", max_points, body, student_fn)
 
 
-def check_dpo_dataset(dataset, pairs: Sequence[dict], max_points: float = 2.0) -> CheckResult:
+def check_dpo_dataset(dataset, pairs: Sequence[dict], max_points: float | None = None) -> CheckResult:
     """The student's DPO dataset: TRL's columns, one row per pair, the lab's prompt template, not swapped."""
 
     def body() -> str | None:
@@ -318,18 +324,25 @@ def check_dpo_dataset(dataset, pairs: Sequence[dict], max_points: float = 2.0) -
                 return "rows must follow the order of the pairs, with the texts unchanged."
         return None
 
-    return _guarded("DPO dataset", "TODO 3", max_points, body, dataset, pairs)
+    return _guarded("dpo-dataset", max_points, body, dataset, pairs)
 
 
-def check_refusal_phrases(phrases: Sequence[str], max_points: float = 1.0) -> CheckResult:
+MAX_PHRASES, MAX_PHRASE_CHARACTERS = 100, 200  # what a refusal list needs, many times over; bounds the check's work
+
+
+def check_refusal_phrases(phrases: Sequence[str], max_points: float | None = None) -> CheckResult:
     """The student's refusal phrases: flag real refusals, and no ordinary sentence."""
     from ..metrics import refusal_flag
 
     def body() -> str | None:
         if _unfinished(phrases):
             return UNFINISHED
-        if not phrases or isinstance(phrases, str):
+        if not phrases or isinstance(phrases, str) or not isinstance(phrases, (list, tuple)):
             return "give a list of phrases, e.g. [\"I can't help with\", \"I must decline\"]."
+        if len(phrases) > MAX_PHRASES or not all(isinstance(p, str) and len(p) <= MAX_PHRASE_CHARACTERS
+                                                 for p in phrases):
+            return (f"give at most {MAX_PHRASES} phrases, each a text of at most {MAX_PHRASE_CHARACTERS} "
+                    "characters: a few whole phrases are enough.")
         false_alarms = [s for s in NOT_REFUSALS if refusal_flag(s, phrases)]
         if false_alarms:
             return f"too broad: it flags the ordinary sentence {false_alarms[0]!r}. Name who refuses and what."
@@ -338,27 +351,44 @@ def check_refusal_phrases(phrases: Sequence[str], max_points: float = 1.0) -> Ch
             return f"too narrow: it misses {missed[0]!r}."
         return None
 
-    return _guarded("refusal phrases", "TODO 4", max_points, body, phrases)
+    return _guarded("refusal-phrases", max_points, body, phrases)
 
 
 @dataclass(frozen=True)
-class TodoCheck:
-    """A rubric check: ``check`` run on the values that the TODO cells defined under ``names``."""
+class Todo:
+    """One automatic check of a TODO cell. To change a TODO's points, change them here (a course's own rubric
+    may override ``points`` and ``title``)."""
 
+    cell: str  # the TODO cell's id: its ``todo`` metadata in the notebook
+    label: str  # how the notebook names the TODO
+    name: str  # how the check result names itself
+    title: str  # the rubric's line for it
+    names: tuple[str, ...]  # what the check is given from the student's namespace, in order
+    points: float
     check: Callable[..., CheckResult]
-    names: tuple[str, ...]
+    seeded: bool = False  # the check draws its inputs from a seed (the grader passes one per run)
+    answered_by: tuple[str, ...] = ()  # the lab's own functions that compute the answer (the grader flags their use)
 
-    def __call__(self, namespace: dict, max_points: float) -> CheckResult:
-        return self.check(*(namespace.get(name, Missing(name)) for name in self.names), max_points)
+    def __call__(self, namespace: dict, max_points: float | None = None, seed: int = 0) -> CheckResult:
+        """The check on the values the TODO cells defined in ``namespace``."""
+        values = [namespace.get(name, Missing(name)) for name in self.names]
+        return self.check(*values, max_points, **({"seed": seed} if self.seeded else {}))
 
 
-# The grader's mapping: rubric check id ([checks.<id>] in grading/rubric.toml) -> the check, run on the names the
-# TODO cells define. One place for both the notebook's TODOs and the grader.
-TODO_CHECKS: dict[str, TodoCheck] = {
-    "token-kl": TodoCheck(check_token_kl, ("my_token_kl",)),
-    "kl-loss": TodoCheck(check_kl_loss, ("my_kl_regularized_loss",)),
-    "sequence-logprobs": TodoCheck(check_sequence_logprobs, ("my_sequence_logprobs",)),
-    "dpo-loss": TodoCheck(check_dpo_loss, ("my_dpo_loss",)),
-    "dpo-dataset": TodoCheck(check_dpo_dataset, ("train_ds_dpo", "train_pairs")),
-    "refusal-phrases": TodoCheck(check_refusal_phrases, ("REFUSAL_PHRASES",)),
+TODOS: dict[str, Todo] = {  # check id -> its TODO; the ids are the rubric's [checks.<id>]
+    "token-kl": Todo("kl-loss", "TODO 1", "token KL", "TODO 1a: exact per-position KL from log_softmax (direction, "
+                     "sum over the vocabulary, keeps its gradient)", ("my_token_kl",), 2, check_token_kl, True,
+                     ("token_kl",)),
+    "kl-loss": Todo("kl-loss", "TODO 1", "KL-regularized loss", "TODO 1b: KL-regularized loss (NLL + beta * KL, means "
+                    "over response tokens)", ("my_kl_regularized_loss",), 1, check_kl_loss, True,
+                    ("kl_regularized_loss", "token_kl")),
+    "sequence-logprobs": Todo("dpo-by-hand", "TODO 2", "sequence log-probs", "TODO 2a: summed sequence log-probs "
+                              "(shift, log_softmax, gather, mask, sum)", ("my_sequence_logprobs",), 2,
+                              check_sequence_logprobs, True, ("sequence_logprobs", "token_logprobs")),
+    "dpo-loss": Todo("dpo-by-hand", "TODO 2", "DPO loss by hand", "TODO 2b: DPO loss per pair (log-ratios, beta, sign) "
+                     "and detached implicit rewards", ("my_dpo_loss",), 3, check_dpo_loss, True, ("dpo_loss",)),
+    "dpo-dataset": Todo("dpo-dataset", "TODO 3", "DPO dataset", "TODO 3: DPO datasets (columns, template, order)",
+                        ("train_ds_dpo", "train_pairs"), 2, check_dpo_dataset, answered_by=("dpo_dataset",)),
+    "refusal-phrases": Todo("refusal-phrases", "TODO 4", "refusal phrases", "TODO 4: refusal phrases (whole "
+                            "phrases, no false alarms)", ("REFUSAL_PHRASES",), 1, check_refusal_phrases),
 }

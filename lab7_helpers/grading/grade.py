@@ -2,17 +2,21 @@
 
 Each submission's TODO code runs in its own bubblewrap sandbox (``sandbox.py``), where ``worker`` only computes: it
 runs the TODO cells, then calls the student's functions on inputs chosen here and returns plain JSON. The judging
-happens in this process: ``JUDGES`` runs the notebook's own self-checks (``lab7_helpers.checks``) with the
-student's functions standing in as ``RemoteFunction``s, and each check's points are capped by the rubric.
+happens in this process: the notebook's own self-checks (``checks.TODOS``) run with the student's functions
+standing in as ``RemoteFunction``s, on inputs drawn from a seed chosen anew for each grading run, and each check's
+points are capped by the rubric. Rows belong to the files handed in (``identity.py``).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import math
 import os
+import random
 import resource
+import secrets
 import select
 import signal
 import subprocess
@@ -21,26 +25,24 @@ import tempfile
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 import torch
 
 from .. import checks
-from ..app.report import save_csv, write_atomic
+from ..outputs import formula_safe, save_csv, write_atomic
 from . import sandbox
 from .manual import merge_scores, read_scores
 from .page import render_grading
 from .submissions import Handin, answer_problems, collect
 from .worker import DTYPES, encode
 
-# check id -> (the self-check, the names in the student's namespace it is given): the notebook's own mapping
-JUDGES: dict[str, tuple[Callable, tuple[str, ...]]] = {cid: (todo.check, todo.names)
-                                                       for cid, todo in checks.TODO_CHECKS.items()}
-GRADER_VALUES = {"train_pairs": checks.GRADING_PAIRS}  # the grader's own, not what a TODO cell may have changed
 MAX_REPLY_BYTES = 8 * 2**20  # one reply from a worker; more is a flood that costs that submission
+MAX_ITEMS = 100_000  # numbers, rows or items in one value the grader decodes (held here, not in the worker)
+GRADING_PAIRS = 3  # how many pairs of the bundled sample a grading run gives the TODO cells as train_pairs
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.toml")
 LAB_PROBLEMS = {  # the status of a file that is not this course's Lab 7, and what the instructor can do
     "original lab 7": "this is the original Lab 7 notebook, whose TODOs and Checkpoints differ from this course's: "
@@ -60,25 +62,45 @@ class Limits:
 
 
 def load_rubric(path: str | Path = DEFAULT_RUBRIC) -> dict:
-    """The rubric as a dict with ``checks`` and ``checkpoints``; a clear error names a missing or bad field."""
+    """The rubric as a dict: ``checks`` (check id -> ``todo`` cell, ``title``, ``points``: ``checks.TODOS``, with the
+    rubric's ``[checks.<id>]`` overriding ``title`` and ``points``) and ``checkpoints`` (id -> ``question``,
+    ``points``, ``full_answer``). A clear error names a missing or bad field."""
     path = Path(path)
     try:
         rubric = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"{path}: cannot read the rubric: {err}") from err
-    for section, fields in (("checks", ("todo", "title", "points")), ("checkpoints", ("question", "points"))):
-        for key, item in rubric.get(section, {}).items():
-            missing = [f for f in fields if f not in item]
-            if missing:
-                raise ValueError(f"{path}: [{section}.{key}] needs {', '.join(missing)}")
-    if not rubric.get("checks"):
-        raise ValueError(f"{path}: the rubric has no [checks.*] sections")
-    for key, item in rubric["checks"].items():
-        if key not in JUDGES:
-            raise ValueError(f"{path}: [checks.{key}] is not an automatic check (known: {', '.join(JUDGES)})")
-        if not isinstance(item["points"], (int, float)) or item["points"] < 0:
+    for key, item in rubric.get("checkpoints", {}).items():
+        missing = [f for f in ("question", "points") if f not in item]
+        if missing:
+            raise ValueError(f"{path}: [checkpoints.{key}] needs {', '.join(missing)}")
+    merged = {}
+    for key, item in rubric.get("checks", {}).items():
+        if key not in checks.TODOS:
+            raise ValueError(f"{path}: [checks.{key}] is not an automatic check (known: {', '.join(checks.TODOS)})")
+        if set(item) - {"title", "points"}:
+            raise ValueError(f"{path}: [checks.{key}] may set only title and points, not "
+                             f"{', '.join(sorted(set(item) - {'title', 'points'}))}")
+    for key, todo in checks.TODOS.items():
+        item = {"todo": todo.cell, "title": todo.title, "points": todo.points, **rubric.get("checks", {}).get(key, {})}
+        if isinstance(item["points"], bool) or not isinstance(item["points"], (int, float)) or item["points"] < 0:
             raise ValueError(f"{path}: [checks.{key}] points must be a number >= 0")
-    return rubric
+        merged[key] = item
+    return {**rubric, "checks": merged}
+
+
+@dataclass(frozen=True)
+class GradingRun:
+    """What one grading run shows every hand-in: a fresh seed for the checks' inputs and the TODO cells'
+    ``train_pairs``, so that no hand-in can know them in advance."""
+
+    seed: int = field(default_factory=lambda: secrets.randbelow(2**31))
+
+    @cached_property
+    def train_pairs(self) -> list[dict]:
+        from ..sources.pair_files import BUNDLED_PAIRS, load_pairs
+
+        return random.Random(self.seed).sample(load_pairs(BUNDLED_PAIRS), GRADING_PAIRS)
 
 
 def _limit_resources(limits: Limits):
@@ -189,6 +211,10 @@ class Worker:
             self._workdir.cleanup()
 
 
+class TooLarge(ValueError):
+    """A value with more than ``MAX_ITEMS`` items: the check that asked for it fails, the others go on."""
+
+
 class RemoteFunction:
     """A student's function as the checks see it: called on the grader's inputs, computed in the sandbox.
 
@@ -197,14 +223,14 @@ class RemoteFunction:
     same value, and ``value.sum().backward()`` gives each input the gradient the student's code produced.
     """
 
-    def __init__(self, worker: Worker, name: str):
-        self.worker, self.__name__ = worker, name
+    def __init__(self, worker: Worker, handle: int, name: str = "the function"):
+        self.worker, self.handle, self.__name__ = worker, handle, name
 
     def __call__(self, *args, **kwargs):
         if kwargs:
             raise TypeError(f"{self.__name__}() is called with positional arguments only")
         inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-        reply = self.worker.request({"call": self.__name__, "args": [encode(a) for a in args]},
+        reply = self.worker.request({"call": self.handle, "args": [encode(a) for a in args]},
                                     self.worker.limits.todo_seconds + 2)
         return decode_reply(reply, inputs)
 
@@ -249,6 +275,8 @@ def decode_reply(reply: dict, inputs: list[torch.Tensor] = (), worker: Worker | 
         raise WorkerFailed("its output could not be read (no value)")
     try:
         return decode(reply["value"], inputs, worker)
+    except TooLarge:
+        raise
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
         raise WorkerFailed(f"its output could not be read ({type(err).__name__})") from None
 
@@ -274,6 +302,8 @@ def decode(item, inputs=(), worker: Worker | None = None, depth: int = 0):
     (kind, value), = item.items()
     if kind == "ellipsis":
         return Ellipsis
+    if isinstance(value, list) and len(value) > MAX_ITEMS or kind == "dataset" and len(value["rows"]) > MAX_ITEMS:
+        raise TooLarge(f"it holds more than {MAX_ITEMS} items, more than the grader reads")
     if kind in ("list", "tuple"):
         return (list if kind == "list" else tuple)(decode(v, inputs, worker, depth + 1) for v in value)
     if kind == "dict":
@@ -284,7 +314,7 @@ def decode(item, inputs=(), worker: Worker | None = None, depth: int = 0):
             raise TypeError("a malformed dataset")
         return Rows(list(value["columns"]), rows)
     if kind == "function" and worker is not None:
-        return RemoteFunction(worker, str(value))
+        return RemoteFunction(worker, int(value))
     if kind in ("function", "object"):
         return Opaque(str(value)[:40])
     raise TypeError(f"unknown kind {kind[:20]!r}")
@@ -293,42 +323,49 @@ def decode(item, inputs=(), worker: Worker | None = None, depth: int = 0):
 def _tensor(item: dict) -> torch.Tensor:
     shape = [int(n) for n in item["shape"]]
     values = item["tensor"]
+    if isinstance(values, list) and len(values) > MAX_ITEMS:
+        raise TooLarge(f"a tensor of more than {MAX_ITEMS} values, more than the grader reads")
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values) or \
             len(values) != math.prod(shape):
         raise ValueError("a malformed tensor")
     return torch.tensor(values, dtype=DTYPES[item["dtype"]]).reshape(shape)
 
 
-def _judge(check_id: str, check: dict, worker: Worker) -> dict:
+def _judge(check_id: str, check: dict, worker: Worker, run: GradingRun) -> dict:
     """Run the grader's own check on the student's values; points capped by the rubric."""
-    function, names = JUDGES[check_id]
-    values = []
-    for name in names:
-        if name in GRADER_VALUES:
-            values.append([dict(p) for p in GRADER_VALUES[name]])
+    todo = checks.TODOS[check_id]
+    values = {"train_pairs": run.train_pairs}  # the grader's own, not what a TODO cell may have changed
+    for name in todo.names:
+        if name in values:
             continue
         try:
-            values.append(decode_reply(worker.request({"get": name}, worker.limits.todo_seconds + 2), (), worker))
+            values[name] = decode_reply(worker.request({"get": name}, worker.limits.todo_seconds + 2), (), worker)
         except WorkerFailed:
             raise
+        except TooLarge as err:
+            return {"points": 0.0, "hint": f"{name}: {err}"}
         except Exception as err:  # noqa: BLE001 - e.g. the TODO cell did not define the name
             return {"points": 0.0, "hint": f"your code raised {checks.describe_error(err)}"}
-    result = function(*values, check["points"])  # a check never raises: errors become its hint
+        if isinstance(values[name], RemoteFunction):
+            values[name].__name__ = name
+    result = todo(values, check["points"], run.seed)  # a check never raises: errors become its hint
     if worker.problem:
         raise WorkerFailed(worker.problem)
     points = min(float(result.points), float(check["points"])) if result.passed is True else 0.0
     return {"points": max(points, 0.0), "hint": " ".join(str(result.hint).split())[:300]}
 
 
-def run_checks(todos: dict[str, str], rubric: dict, limits: Limits, sandboxed: bool = True) -> tuple[dict, str]:
+def run_checks(todos: dict[str, str], rubric: dict, limits: Limits, sandboxed: bool = True,
+               run: GradingRun | None = None) -> tuple[dict, str]:
     """Run ``todos`` in a fresh sandboxed worker and judge them here. Returns (results by check id, problem)."""
+    run = run or GradingRun()
     wanted = {c["todo"] for c in rubric["checks"].values()}
     worker = Worker(limits, sandboxed)
     results: dict[str, dict] = {}
     try:
         worker.request(None)  # "ready": the imports are done
         sent = {t: code for t, code in todos.items() if t in wanted}
-        reply = worker.request({"todos": sent, "todo_timeout": limits.todo_seconds},
+        reply = worker.request({"todos": sent, "todo_timeout": limits.todo_seconds, "train_pairs": run.train_pairs},
                                limits.todo_seconds * len(sent) + 2)
         errors = reply.get("todos")
         if not isinstance(errors, dict):
@@ -339,7 +376,7 @@ def run_checks(todos: dict[str, str], rubric: dict, limits: Limits, sandboxed: b
             elif errors.get(check["todo"]):
                 results[cid] = {"points": 0.0, "hint": str(errors[check["todo"]])[:300]}
             else:
-                results[cid] = _judge(cid, check, worker)
+                results[cid] = _judge(cid, check, worker, run)
     except WorkerFailed as err:
         return results, str(err)
     finally:
@@ -358,18 +395,50 @@ def _crash_reason(code: int, stderr: str) -> str:
     return f"crashed: {last[0][:200]}"
 
 
-def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool = True) -> tuple[dict, dict]:
-    """One row of grades.csv and one of answers.csv for one student's hand-in; never raises."""
+def lab_answers_used(code: str, todo_cell: str) -> list[str]:
+    """The lab's own functions that answer the checks of ``todo_cell`` (``Todo.answered_by``) and that ``code``
+    calls (``lab.dpo_loss(...)``, or imported from ``lab7_helpers``): the checks cannot tell that from honest work."""
+    answers = {name for todo in checks.TODOS.values() if todo.cell == todo_cell for name in todo.answered_by}
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)} | {
+        alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+        and (node.module or "").startswith("lab7_helpers") for alias in node.names}
+    return sorted(answers & used)
+
+
+def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool = True,
+                     run: GradingRun | None = None) -> tuple[dict, dict]:
+    """One row of grades.csv and one of answers.csv for one student's hand-in; never raises: whatever goes wrong
+    with this hand-in becomes its status and a one-line reason."""
     grades: dict = {"student": handin.student, "file": str(handin.path), "status": "graded", "problem": "",
+                    "names typed in it": "; ".join(dict.fromkeys(handin.typed_names)),
                     "set aside": "; ".join(handin.set_aside)}
     answers: dict = {"student": handin.student}
+    try:
+        grades, answers = _grade(handin, rubric, limits, sandboxed, run or GradingRun(), grades, answers)
+    except Exception as err:  # noqa: BLE001 - a grader-side failure on this file must not stop the class
+        grades.update({"status": "not graded", "problem": f"could not be graded ({checks.describe_error(err)})"})
+        grades["problem"] = " ".join(grades["problem"].split())[:300]
+        grades.update({f"{cid} {column}": value for cid in rubric["checks"]
+                       for column, value in (("points", 0.0), ("hint", "not graded"))})
+        grades.update(total=0.0, max=sum(c["points"] for c in rubric["checks"].values()))
+    if handin.conflicts:  # who is whose: shown on every row it concerns, never resolved by the grader
+        grades["problem"] = "; ".join(p for p in (f"identity: {'; '.join(handin.conflicts)}", grades["problem"]) if p)
+    return grades, answers
+
+
+def _grade(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool, run: GradingRun, grades: dict,
+           answers: dict) -> tuple[dict, dict]:
     work = handin.work or {"lab": "not graded", "todos": {}, "todo_notes": {}, "answers": {}, "found": {},
                            "unplaced": []}
     if handin.work is None or work["lab"] != "lab 7":
         grades["status"], grades["problem"] = work["lab"], handin.problem or LAB_PROBLEMS[work["lab"]]
         work["todos"] = {}
     try:
-        results, problem = run_checks(work["todos"], rubric, limits, sandboxed) if work["todos"] else ({}, "")
+        results, problem = run_checks(work["todos"], rubric, limits, sandboxed, run) if work["todos"] else ({}, "")
     except Exception as err:  # noqa: BLE001 - a grader-side failure on this file must not stop the class
         results, problem = {}, f"could not be graded ({checks.describe_error(err)[:200]})"
     if problem:
@@ -379,7 +448,10 @@ def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bo
     missing, unplaced = answer_problems(work, rubric)
     if grades["status"] == "graded" and missing:
         grades["status"] = "answers missing"
-    grades["problem"] = "; ".join(p for p in (grades["problem"], missing, unplaced) if p)
+    lab_answers = {cell: lab_answers_used(code, cell) for cell, code in work["todos"].items()}
+    called = [f"the {cell} TODO calls the lab's own {', '.join(names)}: read that cell"
+              for cell, names in lab_answers.items() if names]
+    grades["problem"] = "; ".join(p for p in (grades["problem"], missing, unplaced, *called) if p)
     total = 0.0
     for cid, check in rubric["checks"].items():
         result = results.get(cid)
@@ -392,8 +464,8 @@ def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bo
         total += result["points"]
     grades["total"] = total
     grades["max"] = sum(c["points"] for c in rubric["checks"].values())
-    for key in rubric.get("checkpoints", {}):
-        answers[key] = work["answers"].get(key, "")
+    for key in [*rubric.get("checkpoints", {}), *(k for k in work["answers"] if k not in rubric.get("checkpoints", {}))]:
+        answers[key] = work["answers"].get(key, "")  # the rubric's Checkpoints, then an original lab's own
         answers[f"{key} found"] = work["found"].get(key, "")
     answers["unplaced"] = "\n\n".join(work["unplaced"])
     return grades, answers
@@ -426,14 +498,15 @@ def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC,
     if sandboxed:
         sandbox.check_available()
     out.mkdir(parents=True, exist_ok=True)
+    run = GradingRun()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(lambda h: grade_submission(h, rubric, limits, sandboxed), handins),
+        rows = list(tqdm(pool.map(lambda h: grade_submission(h, rubric, limits, sandboxed, run), handins),
                          total=len(handins), desc="grading", unit="student", disable=not progress))
     grades = pd.DataFrame([g for g, _ in rows]).set_index("student")
     answers = pd.DataFrame([a for _, a in rows]).set_index("student")
     if scores is not None:
         grades = merge_scores(grades, scores, rubric, manual)
-    save_csv(grades, out / "grades.csv")
-    save_csv(answers, out / "answers.csv")
+    save_csv(formula_safe(grades), out / "grades.csv")
+    save_csv(formula_safe(answers), out / "answers.csv")
     write_atomic(out / "grading.html", render_grading(grades, answers, rubric, storage_key=str(out.resolve())))
     return grades

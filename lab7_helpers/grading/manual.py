@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..outputs import FORMULA_STARTS
+from .identity import clean_name
+
 COLUMNS = ("student", "checkpoint", "points", "comment")
+
+
+def unescaped(cell: str) -> str:
+    """A cell as written before ``outputs.formula_safe`` guarded it (``'=...`` -> ``=...``)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
 
 
 class ManualScoresError(ValueError):
@@ -38,8 +46,9 @@ def read_scores(path: str | Path, rubric: dict) -> dict[tuple[str, str], dict]:
             continue
         if len(row) < 3:
             raise ManualScoresError(f"{path}: line {line}: expected {','.join(COLUMNS)}, got {len(row)} fields")
-        student, checkpoint, text = row[0].strip(), row[1].strip(), row[2].strip()
-        comment = row[3].strip() if len(row) > 3 else ""
+        # names as grades.csv writes them (identity.clean_name): a stray space or "\r" still finds the student
+        student, checkpoint, text = clean_name(unescaped(row[0])), row[1].strip(), row[2].strip()
+        comment = unescaped(row[3].strip()) if len(row) > 3 else ""
         if checkpoint not in checkpoints:
             raise ManualScoresError(f"{path}: line {line}: unknown Checkpoint {checkpoint!r} "
                                     f"(the rubric has {', '.join(checkpoints)})")

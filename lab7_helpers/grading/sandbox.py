@@ -1,10 +1,12 @@
 """The bubblewrap command line that runs one submission's code (``lab7 grade``; Linux only).
 
-Inside, the code sees: the Python installation and this package, read-only; an empty private home folder and
-``/tmp`` (small in-memory file systems that vanish with it); its own ``/proc`` and a minimal ``/dev``. Nothing
-else of the machine's files: not the submissions folder, the grader's output, the instructor's checkout or
-``/etc``. It has its own network (no interfaces but an unconnected loopback), PID, IPC and UTS namespaces, no
-capabilities, a scrubbed environment, and it dies with the grader. A seccomp filter refuses every new process
+Inside, the code sees: the Python installation and this package, read-only; four small private in-memory folders
+it may write (``/content``, where it runs, its home ``/root``, ``/tmp`` and ``/dev/shm``, each ``WORK_FOLDER_MB``:
+tmpfs pages count against no process limit, so each is sized, and everything else, ``/`` and ``/dev`` included,
+is read-only); its own ``/proc``. Nothing else of the machine's files: not the submissions folder, the grader's
+output, the instructor's checkout or ``/etc``. It has its own network (no interfaces but an unconnected
+loopback), PID, IPC and UTS namespaces, no capabilities, a scrubbed environment that looks like Colab's (home
+``/root``, a random host name: code cannot tell the grader by its name), and it dies with the grader. A seccomp filter refuses every new process
 (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``) while threads still work: ``RLIMIT_NPROC`` cannot do that,
 because the kernel does not apply it to root and counts every process of an ordinary user.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import os
 import platform
+import secrets
 import shutil
 import site
 import struct
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import lab7_helpers
 
-HOME = "/home/student"  # the work folder inside the sandbox
+WORK_FOLDER, HOME = "/content", "/root"  # where the code runs, and its home: as in Colab
 PACKAGE_ROOT = "/opt/lab7"  # lab7_helpers is mounted here, alone: not the checkout that holds the solutions
 WORK_FOLDER_MB = 64
 INSTALL_HINT = ("lab7 grade runs each notebook in a bubblewrap sandbox, but `bwrap` is not installed: install it "
@@ -102,9 +105,11 @@ def command(python_args: list[str], seccomp_fd: int | None) -> list[str]:
     for key, value in environment().items():
         args += ["--setenv", key, value]
     # the private folders first: a Python installation or checkout under /tmp is then mounted on top of them
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(WORK_FOLDER_MB * 2**20), "--tmpfs", "/tmp",
-             "--size", str(WORK_FOLDER_MB * 2**20), "--tmpfs", HOME]
-    args += _read_only_mounts() + ["--chdir", HOME, "--hostname", "sandbox"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for folder in ("/tmp", "/dev/shm", HOME, WORK_FOLDER):
+        args += ["--size", str(WORK_FOLDER_MB * 2**20), "--tmpfs", folder]
+    args += _read_only_mounts() + ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", WORK_FOLDER,
+                                   "--hostname", secrets.token_hex(6)]
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     return args + ["--", sys.executable, "-s", *python_args]

@@ -22,21 +22,25 @@ import ast
 import builtins
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from functools import cache
 from pathlib import Path
 
+from ..checks import TODOS
+from .identity import clean_name, conflicts, identities
+
 ANSWER_PROMPT = "*Your answer:*"
 PROMPTS = (ANSWER_PROMPT, "Your answer:", "*Your answer*")  # the placeholder, also as students half-delete it
-TODO_DEFINES = {  # without metadata a TODO cell is recognised by what it defines; the checks need all of these
-    "kl-loss": ("my_kl_regularized_loss",),
-    "dpo-by-hand": ("my_sequence_logprobs", "my_dpo_loss"),
-    "dpo-dataset": ("train_ds_dpo", "eval_ds_dpo"),
-    "refusal-phrases": ("REFUSAL_PHRASES",),
-}
 # What the grader's worker defines before it runs the TODO cells (worker.grading_namespace; a test keeps them equal)
 PROVIDED_NAMES = frozenset({"lab", "torch", "Dataset", "os", "sys", "train_pairs", "test_pairs"})
+TODO_DEFINES: dict[str, tuple[str, ...]] = {}  # TODO cell -> what it defines: recognises it without metadata
+for _todo in TODOS.values():
+    TODO_DEFINES[_todo.cell] = (*TODO_DEFINES.get(_todo.cell, ()), *(n for n in _todo.names if n not in PROVIDED_NAMES))
+# Bounds on what reading one hand-in may cost the grader (a Colab notebook of this lab: about 90 cells, 1-5 MB)
+MAX_FILE_MB, MAX_CELLS, READ_SECONDS = 50, 5000, 20.0
+QUESTION_WINDOW = 4000  # characters at the start of a cell in which a Checkpoint question is looked for
 # Only the original Lab 7 notebook (before this course's version) has these
 ORIGINAL_LAB7_MARKERS = ("def kl_tokenwise", "def load_dpo_jsonl", "## Optimizing GPT-2 with KL Regularization")
 QUESTIONS_FILE = Path(__file__).with_name("questions.json")
@@ -70,6 +74,13 @@ def lab_questions() -> dict:
     return json.loads(QUESTIONS_FILE.read_text(encoding="utf-8"))
 
 
+@cache
+def original_questions() -> dict:
+    """The same for the original Lab 7 notebook (``original_questions.json``, written once from its text): its
+    Checkpoints as ``original 1`` to ``original 7``, and the paragraphs of its own text."""
+    return json.loads(QUESTIONS_FILE.with_name("original_questions.json").read_text(encoding="utf-8"))
+
+
 def questions_from_notebook(notebook: dict) -> dict:
     """What ``questions.json`` holds, from the student notebook: each answer cell's preceding markdown cell is its
     question; every markdown cell but the answer cells is the lab's own text."""
@@ -87,7 +98,9 @@ def questions_from_notebook(notebook: dict) -> dict:
 
 
 def _question_end(question: list[str], text: str) -> tuple[float, int, int] | None:
-    """Where ``question`` (its words) sits in ``text``: (similarity, start, end character), or None if not there."""
+    """Where ``question`` (its words) sits in ``text``: (similarity, start, end character), or None if not there.
+    Only the start of ``text`` (``QUESTION_WINDOW``) is searched: a question opens its cell."""
+    text = text[:QUESTION_WINDOW]
     spans = [(m.start(), m.end()) for m in re.finditer(r"[\w$\\^{}]+", text.lower())]
     words = [text.lower()[a:b] for a, b in spans]
     blocks = [b for b in SequenceMatcher(None, question, words, autojunk=False).get_matching_blocks() if b.size]
@@ -115,17 +128,30 @@ def _is_lab_text(text: str, lab_text: dict[str, list[str]]) -> bool:
                for other in lab_text.values() if abs(len(other) - len(words)) <= 0.2 * len(other) + 2)
 
 
-def find_answers(cells: list[dict], checkpoints: list[str] | None = None) -> tuple[dict, dict, list[str]]:
-    """(answers {checkpoint: text}, how each was found {checkpoint: how}, unplaced texts) from a notebook's cells.
+def _own_text(text: str, lab_text: dict[str, list[str]]) -> tuple[bool, str]:
+    """(whether ``text`` opens with the lab's own text, its paragraphs that are not the lab's own)."""
+    if _is_lab_text(text, lab_text):
+        return True, ""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n|\n(?=#)", text) if p.strip()]  # a heading starts one too
+    own = [p for p in paragraphs if not _is_lab_text(p, lab_text)]
+    return bool(paragraphs) and paragraphs[0] not in own, "\n\n".join(own)
+
+
+def find_answers(cells: list[dict], questions: dict[str, str], lab_text: list[str]) -> tuple[dict, dict, list[str]]:
+    """(answers {checkpoint: text}, how each was found {checkpoint: how}, unplaced texts) from a notebook's cells,
+    for the notebook's ``questions`` (id -> question cell text) and ``lab_text`` (its own markdown).
 
     ``how`` is "metadata", "question cell", "cell after question" or both of the last joined by " + ".
+    SubmissionError if it takes longer than ``READ_SECONDS``.
     """
-    reference = lab_questions()
-    questions = {k: _words(q) for k, q in reference["questions"].items() if checkpoints is None or k in checkpoints}
-    lab_text = {" ".join(_words(t)): _words(t) for t in reference["lab_text"]}
+    deadline = time.monotonic() + READ_SECONDS
+    questions = {k: _words(q) for k, q in questions.items()}
+    lab_text = {" ".join(_words(t)): _words(t) for t in lab_text}
     by_metadata, by_position, position_how, unplaced = {}, {}, {}, []
     current = None  # the question whose answer region we are in
     for index, cell in enumerate(cells):
+        if time.monotonic() > deadline:
+            raise SubmissionError(f"finding its answers took longer than {READ_SECONDS:g} s")
         kind, meta, text = cell.get("cell_type"), cell.get("metadata") or {}, _text(cell.get("source"))
         if kind != "markdown":
             current = None
@@ -138,16 +164,16 @@ def find_answers(cells: list[dict], checkpoints: list[str] | None = None) -> tup
         found = [(hit, key) for key, words in questions.items() if (hit := _question_end(words, text))]
         if found:
             (_, start, end), key = max(found)
-            before, after = text[:start].strip(), _without_prompt(text[end:])
-            if before and not _is_lab_text(before, lab_text):
+            before, after = _own_text(text[:start], lab_text)[1], _without_prompt(_own_text(text[end:], lab_text)[1])
+            if before:
                 unplaced.append(f"cell {index + 1}, above the question of Checkpoint {key}: {before}")
             current, by_position[key] = key, [after] if after else []
             position_how[key] = ["question cell"] if after else []
             continue
-        if text.lstrip().startswith("#") or _is_lab_text(text, lab_text):
+        opens_with_lab_text, own = _own_text(text, lab_text)
+        if opens_with_lab_text:
             current = None
-            continue
-        answer = _without_prompt(text)
+        answer = _without_prompt(own)
         if not answer:
             continue
         if current is None:
@@ -267,8 +293,8 @@ def student_name(cells: list[dict]) -> str:
     for cell in cells:
         if cell.get("cell_type") == "code":
             match = re.search(r"^STUDENT_NAME\s*=\s*(['\"])(.*?)\1", _text(cell.get("source")), re.M)
-            if match and match[2].strip().lower() not in NAME_PLACEHOLDERS:
-                return " ".join(match[2].split())
+            if match and clean_name(match[2]).lower() not in NAME_PLACEHOLDERS:
+                return clean_name(match[2])
     return ""
 
 
@@ -277,13 +303,21 @@ def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
     "unplaced"}``. ``lab`` is "lab 7", "original lab 7" or "not lab 7"."""
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
         raise SubmissionError("not a Jupyter notebook (no list of cells)")
+    if len(notebook["cells"]) > MAX_CELLS:
+        raise SubmissionError(f"it has {len(notebook['cells'])} cells, more than the {MAX_CELLS} the grader reads")
     cells = [c for c in notebook["cells"] if isinstance(c, dict)]
     work = {"lab": "lab 7", "student": student_name(cells), "todos": {}, "todo_notes": {}, "answers": {},
             "found": {}, "unplaced": []}
     if any(marker in _text(c.get("source")) for c in cells for marker in ORIGINAL_LAB7_MARKERS):
+        original = original_questions()  # its TODOs are not this lab's; its answers are kept, by its questions
+        work["answers"], work["found"], work["unplaced"] = find_answers(cells, original["questions"],
+                                                                        original["lab_text"])
         return {**work, "lab": "original lab 7"}
     work["todos"], work["todo_notes"] = find_todos(cells)
-    work["answers"], work["found"], work["unplaced"] = find_answers(cells, checkpoints)
+    ours = lab_questions()
+    work["answers"], work["found"], work["unplaced"] = find_answers(
+        cells, {k: q for k, q in ours["questions"].items() if checkpoints is None or k in checkpoints},
+        ours["lab_text"])
     if not work["todos"] and not any(work["found"].values()) and not any(
             (c.get("metadata") or {}).get("checkpoint") or _question_end(_words(q), _text(c.get("source")))
             for c in cells for q in lab_questions()["questions"].values()):
@@ -291,19 +325,50 @@ def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
     return work
 
 
+ANSWERS_FILE_FIELDS = {  # field of an exported answers file -> (what it must be, its default)
+    "student": ("text", ""), "todos": ("texts by name", {}), "todo_notes": ("lists of texts by name", {}),
+    "answers": ("texts by name", {}), "found": ("texts by name", {}), "unplaced": ("a list of texts", []),
+}
+
+
+def _is(kind: str, value) -> bool:
+    texts = lambda items: all(isinstance(v, str) for v in items)  # noqa: E731
+    if kind == "text":
+        return isinstance(value, str)
+    if kind == "a list of texts":
+        return isinstance(value, list) and texts(value)
+    by_name = isinstance(value, dict) and texts(value)
+    if kind == "texts by name":
+        return by_name and texts(value.values())
+    return by_name and all(isinstance(v, list) and texts(v) for v in value.values())
+
+
+def answers_file(data: dict) -> dict:
+    """An exported answers file as ``extract`` returns a notebook, each field checked first: SubmissionError names
+    the first field of the wrong type."""
+    work = {"lab": "lab 7"}
+    for name, (kind, default) in ANSWERS_FILE_FIELDS.items():
+        value = data.get(name, default)
+        if not _is(kind, value):
+            raise SubmissionError(f"its field {name!r} is not {kind} (a changed answers file?)")
+        work[name] = value
+    work["student"] = clean_name(work["student"])
+    work["found"] = work["found"] or {k: "answers file" for k, v in work["answers"].items() if v}
+    return work
+
+
 def read_submission(path: str | Path, checkpoints: list[str] | None = None) -> dict:
     """Read a ``.ipynb`` or exported ``.json`` file into what ``extract`` returns."""
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_FILE_MB * 2**20:
+            raise SubmissionError(f"the file is larger than {MAX_FILE_MB} MB (a notebook of this lab is a few MB)")
         data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SubmissionError(f"not a notebook or answers file: cannot read it as JSON ({err})") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise SubmissionError(f"not a notebook or answers file: cannot read it as JSON "
+                              f"({str(err)[:200] or type(err).__name__})") from err
     if isinstance(data, dict) and data.get("format") == "lab7-answers":
-        answers = {str(k): str(v) for k, v in dict(data.get("answers", {})).items()}
-        return {"lab": "lab 7", "student": str(data.get("student", "")), "todos": dict(data.get("todos", {})),
-                "todo_notes": dict(data.get("todo_notes", {})), "answers": answers,
-                "found": dict(data.get("found") or {k: "answers file" for k, v in answers.items() if v}),
-                "unplaced": list(data.get("unplaced", []))}
+        return answers_file(data)
     return extract(data, checkpoints)
 
 
@@ -339,23 +404,13 @@ def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | 
 class Handin:
     """What one student handed in: the file that is graded, what it holds, and the other files set aside."""
 
-    student: str
+    student: str  # the identity, from the file's name (identity.identities)
     path: Path
     work: dict | None  # None: the file could not be read (``problem`` says why)
     problem: str = ""
     set_aside: list[str] = field(default_factory=list)  # "file (why it is not the one graded)"
-
-
-GENERIC_STEM = re.compile(r"(copy of )?(lab[ _-]?7|untitled\d*)([ _-]?(answers|solution|notebook))?", re.I)
-
-
-def name_from_file(path: Path) -> str:
-    """``alice (1).ipynb``, ``Copy of alice.ipynb``, ``alice_answers.json`` -> ``alice``; a generic name like
-    ``lab7.ipynb`` or ``lab7_answers.json`` -> the name of the folder it is in."""
-    stem = re.sub(r"^copy of ", "", path.stem.strip(), flags=re.I)
-    stem = re.sub(r"\s*\(\d+\)$", "", stem)
-    stem = re.sub(r"[ _-]*(lab[ _-]?7)?[ _-]*answers$", "", stem, flags=re.I) or stem
-    return path.resolve().parent.name if GENERIC_STEM.fullmatch(stem) else stem
+    typed_names: list[str] = field(default_factory=list)  # the names typed inside its files: labels only
+    conflicts: list[str] = field(default_factory=list)  # sentences naming the other hand-ins its names collide with
 
 
 def checked(work: dict) -> dict:
@@ -368,35 +423,22 @@ def checked(work: dict) -> dict:
 
 
 def collect(files: list[Path], checkpoints: list[str] | None = None) -> list[Handin]:
-    """One ``Handin`` per student, in file order. Files belong to one student when they share the name from the
-    file (``name_from_file``) or the ``STUDENT_NAME`` in them. The graded file: a notebook over an answers file (it
-    holds everything the answers file does), then the latest modification time, then the first in order."""
-    read: list[Handin] = []
-    for path in files:
+    """One ``Handin`` per identity (``identity.identities``), in file order: files of one identity are one
+    student's attempts, and one is graded: a notebook over an answers file (it holds everything the answers file
+    does), then the latest modification time, then the first in order. Names typed inside are compared with the
+    other hand-ins' (``identity.conflicts``), never used to merge."""
+    groups: dict[str, list[Handin]] = {}
+    for path, identity in zip(files, identities(files)):
         try:
-            work = checked(read_submission(path, checkpoints))
-            read.append(Handin(work["student"] or name_from_file(path), path, work))
+            handin = Handin(identity, path, checked(read_submission(path, checkpoints)))
         except SubmissionError as err:
-            read.append(Handin(name_from_file(path), path, None, str(err)))
+            handin = Handin(identity, path, None, str(err))
         except Exception as err:  # noqa: BLE001 - odd metadata or fields of the wrong type cost this file alone
             reason = f"cannot read its TODO cells or answers ({type(err).__name__}: {err})"
-            read.append(Handin(name_from_file(path), path, None, reason[:300]))
-    group = list(range(len(read)))  # union-find over files sharing a name from the file or from inside it
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            i = group[i]
-        return i
-
-    owner: dict[str, int] = {}
-    for i, handin in enumerate(read):
-        for key in {name_from_file(handin.path).casefold(), handin.student.casefold()}:
-            group[root(i)] = root(owner.setdefault(key, i))
-    students: dict[int, list[Handin]] = {}
-    for i, handin in enumerate(read):
-        students.setdefault(root(i), []).append(handin)
+            handin = Handin(identity, path, None, " ".join(reason.split())[:300])
+        groups.setdefault(identity.casefold(), []).append(handin)
     out = []
-    for handins in students.values():
+    for handins in groups.values():
         def rank(h: Handin) -> tuple:
             return (h.work is not None, h.path.suffix == ".ipynb", h.path.stat().st_mtime)
         winner = max(handins, key=rank)  # max keeps the first of equals
@@ -411,17 +453,24 @@ def collect(files: list[Path], checkpoints: list[str] | None = None) -> list[Han
             if extra:
                 why += f"; it has answers the graded file lacks: {', '.join(extra)}"
             winner.set_aside.append(f"{other.path.name} ({why})")
-        named = [h.student for h in handins if h.work and h.work["student"]]
-        winner.student = (winner.work or {}).get("student") or (named[0] if named else winner.student)
+        winner.typed_names = [h.work["student"] for h in handins if h.work and h.work["student"]]
+        if len({clean_name(h.path.name) == h.path.name for h in handins}) > 1:  # some names hold odd characters
+            winner.conflicts.append("its files' names differ in invisible or odd characters (" + ", ".join(
+                repr(h.path.name) for h in handins) + "): check that they are one student's")
         out.append(winner)
+    for handin, found in zip(out, conflicts([h.student for h in out], [h.typed_names for h in out],
+                                            [h.path.name for h in out])):
+        handin.conflicts += found
     return out
 
 
 def answer_problems(work: dict, rubric: dict) -> tuple[str, str]:
-    """(which of the rubric's Checkpoints have no answer, how much text could not be placed), "" when none."""
-    keys = list(rubric.get("checkpoints", {}))
+    """(which Checkpoints have no answer: the rubric's, or the original lab's for its notebook; how much text could
+    not be placed), "" when none."""
+    keys = list(original_questions()["questions"] if work["lab"] == "original lab 7" else
+                rubric.get("checkpoints", {}) if work["lab"] == "lab 7" else [])
     missing = [k for k in keys if not work["answers"].get(k)]
-    if not keys or work["lab"] != "lab 7" or not missing:
+    if not missing:
         text = ""
     elif len(missing) == len(keys):
         text = f"no Checkpoint answer found (all {len(keys)} empty)"

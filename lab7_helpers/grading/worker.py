@@ -2,10 +2,12 @@
 
 The grader talks to it in JSON lines, one request on stdin, one reply on stdout. It says ``{"ready": true}`` once
 its imports are done (so that the TODO cells' time limit does not include importing torch), then:
-1. ``{"todos": {todo_id: code}, "todo_timeout": seconds}``: run each TODO cell in the notebook's namespace;
-   reply ``{"todos": {todo_id: null or "the TODO cell raised ..."}}``.
-2. ``{"get": name}``: reply ``{"value": <encoded value of that name>}``;
-   ``{"call": name, "args": [<encoded>, ...]}``: call the student's function on the grader's inputs; reply
+1. ``{"todos": {todo_id: code}, "todo_timeout": seconds, "train_pairs": [...]}``: run each TODO cell in the
+   notebook's namespace, with the grader's pairs as ``train_pairs``; reply
+   ``{"todos": {todo_id: null or "the TODO cell raised ..."}}``.
+2. ``{"get": name}``: reply ``{"value": <encoded value of that name>}``; a function is encoded as a handle, a number
+   (so a lambda, a ``functools.partial`` or an alias is called as the object it is, whatever its ``__name__``);
+   ``{"call": handle, "args": [<encoded>, ...]}``: call that function on the grader's inputs; reply
    ``{"value": <encoded result>}``, where each tensor that needs a gradient also carries ``"grads"``: the gradient
    of its sum with respect to each argument that needs one. Errors reply ``{"error": [type name, message]}``.
 Values are plain JSON (see ``encode``), never pickle: the grader decodes data, compares it with its own expected
@@ -32,7 +34,8 @@ import torch
 import lab7_helpers as lab
 from lab7_helpers import checks
 
-MAX_ITEMS = 100_000  # numbers or rows in one encoded value: far above what any check needs
+MAX_ITEMS = 100_000  # numbers or rows in one encoded value: far above what any check needs (the grader holds its own cap)
+FUNCTIONS: list = []  # the functions sent to the grader, by handle (their index)
 DTYPES = {str(t): t for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
                               torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
 DENIED_EVENTS = {
@@ -80,7 +83,8 @@ def encode(value, depth: int = 0):
         return {"dataset": {"columns": list(value.column_names),
                             "rows": [encode(dict(row), depth + 1) for row in value]}}
     if callable(value):
-        return {"function": getattr(value, "__name__", type(value).__name__)}
+        FUNCTIONS.append(value)
+        return {"function": len(FUNCTIONS) - 1}
     return {"object": type(value).__name__}
 
 
@@ -112,9 +116,9 @@ def with_gradients(result, inputs: list[torch.Tensor]):
     return encoded
 
 
-def grading_namespace(codes) -> dict:
-    """What the notebook defines before the TODO cells, with small fixed pairs in place of the student's."""
-    train_pairs = [dict(p) for p in checks.GRADING_PAIRS]
+def grading_namespace(codes, train_pairs: list[dict]) -> dict:
+    """What the notebook defines before the TODO cells, with the grader's few pairs in place of the student's."""
+    train_pairs = [dict(p) for p in train_pairs]
     namespace = {"__name__": "__main__", "lab": lab, "torch": torch, "os": os, "sys": sys,
                  "train_pairs": train_pairs, "test_pairs": train_pairs[:2]}
     if any("Dataset" in code for code in codes):  # importing datasets takes 1-2 s: only for cells that use it
@@ -170,7 +174,7 @@ def main() -> None:
     first = json.loads(protocol_in.readline())
     timeout = int(first["todo_timeout"])
     signal.signal(signal.SIGALRM, on_timeout)
-    namespace = grading_namespace(first["todos"].values())
+    namespace = grading_namespace(first["todos"].values(), first["train_pairs"])
     install_audit_hook(Path.cwd())
     errors: dict[str, str | None] = {}
     for todo, code in first["todos"].items():
@@ -188,11 +192,13 @@ def main() -> None:
         request = json.loads(line)
         signal.alarm(timeout)
         try:
-            name = request.get("get") or request["call"]
-            if name not in namespace:
-                raise NameError(f"name {name!r} is not defined")
+            if "call" in request:
+                value = FUNCTIONS[int(request["call"])]
+            elif request["get"] in namespace:
+                value = namespace[request["get"]]
+            else:
+                raise NameError(f"name {request['get']!r} is not defined")
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-                value = namespace[name]
                 if "call" in request:
                     args = [decode_argument(a) for a in request["args"]]
                     inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
