@@ -1,6 +1,6 @@
-"""The notebook's KL update, beta sweep and no_grad demo with the reference's rows shared across them (the engine's
-``REFERENCE_ROWS``) vs computed anew by every training and measurement (as before the store), in one process,
-alternating. Both must give the same numbers.
+"""The notebook's KL update, beta sweep and no_grad demo with the reference's logits shared across them (the
+engine's ``REFERENCE_LOGITS``) vs computed anew by every training and measurement, in one process, alternating.
+Both must give the same numbers.
 
     python benchmarks/bench_sweep.py            # smollm2-135m, a Lab-6-sized file (every 6th sample pair: 21)
     python benchmarks/bench_sweep.py --smoke    # tiny-gpt2, 6 pairs, one round: checks the script runs
@@ -22,9 +22,9 @@ from common import matmul_gflops, print_table, save_result  # noqa: E402
 
 import lab7_helpers as lab  # noqa: E402
 from lab7_helpers.app.cli import quiet_libraries  # noqa: E402
-from lab7_helpers.engine.disk import REFERENCE_ROWS  # noqa: E402
+from lab7_helpers import engine  # noqa: E402
 
-SHARED, ANEW = "rows shared", "rows computed anew"
+SHARED, ANEW = "logits shared", "logits computed anew"
 
 
 def notebook_cells(ref, tokenizer, train: list[dict], steps: int, demo_steps: int) -> tuple[dict, list]:
@@ -57,21 +57,20 @@ def main() -> int:
     steps, demo_steps, rounds = (2, 1, 1) if args.smoke else (30, 4, args.rounds)
     train = train[:6] if args.smoke else train
     peak = matmul_gflops(seconds=0.5 if args.smoke else 3.0)
-    files = REFERENCE_ROWS.files
+    store, shared = type(engine.REFERENCE_LOGITS), type(engine.REFERENCE_LOGITS).__call__
     runs: dict[str, list[dict]] = {SHARED: [], ANEW: []}
     results = {}
     try:
         for round_ in range(rounds):
             for mode in (SHARED, ANEW) if round_ % 2 == 0 else (ANEW, SHARED):
-                REFERENCE_ROWS.clear()
-                # computed anew: every call starts from an empty store, as each did before the store
-                REFERENCE_ROWS.files = files if mode == SHARED else (
-                    lambda *a, **k: (REFERENCE_ROWS.clear(), files(*a, **k))[1])
+                engine.REFERENCE_LOGITS.clear()
+                # computed anew: every training and measurement starts from an empty store
+                store.__call__ = shared if mode == SHARED else (lambda self, *a: (self.clear(), shared(self, *a))[1])
                 seconds, results[mode] = notebook_cells(ref, tokenizer, train, steps, demo_steps)
                 runs[mode].append(seconds)
     finally:
-        REFERENCE_ROWS.files = files
-        REFERENCE_ROWS.clear()
+        store.__call__ = shared
+        engine.REFERENCE_LOGITS.clear()
     same = all(a.equals(b) for a, b in zip(results[SHARED], results[ANEW]))
     rows = [{"cell": cell, **{mode: statistics.median(run[cell] for run in runs[mode]) for mode in runs},
              "ratio": statistics.median(run[cell] for run in runs[SHARED])

@@ -16,7 +16,8 @@ from .losses import kl_regularized_loss, picked_logprobs, token_kl
 from .metrics import (DEFAULT_REFUSAL_PHRASES, bootstrap_indices, bootstrap_interval, distinct_n,
                       implicit_reward_margins, mean_logprobs, refusal_flag, repetition_score,
                       trigram_repetition, wilson_interval)
-from .scoring import in_original_order, length_sorted_batches, sum_by_side
+from .scoring import (in_original_order, length_sorted_batches, model_logits, reference_logits, response_logits,
+                      sum_by_side)
 
 METRIC_DESCRIPTIONS = {
     "len_words": "mean length of a generated response, in words",
@@ -54,16 +55,15 @@ def held_out_scores(models: dict, ref, tokenizer, pairs: Sequence[dict], batch_s
     parts: dict[str, dict[str, list[torch.Tensor]]] = {name: {key: [] for key in keys} for name in everyone}
     batches = length_sorted_batches(pairs, batch_size)
     try:
-        with engine.session(*everyone.values()) as fast:
+        with engine.session(*everyone.values(), plain=engine.Steps(response_logits=response_logits)) as fast:
             for idx in tqdm(batches, desc="scoring held-out pairs", disable=not progress, unit="batch"):
                 chunk = [pairs[i] for i in idx]
                 ref_logits, targets, side = fast.response_logits(ref, tokenizer, chunk, max_length)  # [N, V]
-                chosen_rows = side[side >= 0] == 0
+                chosen = (side[side >= 0] == 0).to(ref_logits)  # [N]: 1 on the chosen responses' tokens
                 for name, model in everyone.items():
                     logits = ref_logits if model is ref else fast.response_logits(model, tokenizer, chunk,
                                                                                    max_length)[0]
-                    kl = torch.zeros(chosen_rows.shape, dtype=logits.dtype, device=logits.device)
-                    kl[chosen_rows] = token_kl(logits[chosen_rows], ref_logits[chosen_rows])
+                    kl = token_kl(logits, ref_logits) * chosen  # [N], on the chosen side only
                     values = (*sum_by_side(picked_logprobs(logits, targets), side), sum_by_side(kl, side)[0])
                     for key, value in zip(keys, values):
                         parts[name][key].append(value.cpu())
@@ -88,14 +88,12 @@ def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 2
     batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
                for idx in length_sorted_batches(pairs, batch_size)]
     try:
-        with engine.session(model, ref) as fast:
-            # the frozen reference's logits, as the KL update gets them (a CPU computes them once per process)
-            ref_logits_at = fast.reference_logits(ref, batches, nullcontext)
+        with engine.session(model, ref, plain=engine.Steps(reference_logits=reference_logits)) as fast:
+            ref_logits_at = fast.reference_logits(ref, batches, nullcontext)  # the frozen reference's, as training's
             for i, batch in enumerate(batches):
-                logits, labels = fast.kl_logits_and_labels(model, batch)
-                ref_logits = ref_logits_at(i)
-                _, nll, kl = kl_regularized_loss(logits, ref_logits, labels, beta=0.0)  # means over the batch
-                n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()
+                labels = batch["labels"]
+                _, nll, kl = kl_regularized_loss(model_logits(model, batch), ref_logits_at(i), labels, beta=0.0)
+                n_tokens = (labels[:, 1:] != IGNORE_INDEX).sum()  # the means above are over these tokens
                 totals += torch.stack([nll * n_tokens, kl * n_tokens, n_tokens]).double().cpu()
     finally:
         model.train(was_training)

@@ -67,23 +67,27 @@ def kl_regularized_loss(policy_logits: torch.Tensor, ref_logits: torch.Tensor, l
 
 def dpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
              ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float = 0.1,
-             loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             loss_type: str = "sigmoid", chosen_tokens: torch.Tensor | None = None,
+             rejected_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The DPO loss per pair from **summed** log-probs, all ``[B]``: ``(losses, chosen_rewards, rejected_rewards)``.
 
-    With ``h = (log pi(y+|x) - log ref(y+|x)) - (log pi(y-|x) - log ref(y-|x))``: ``"sigmoid"`` (DPO) is
-    ``-log sigmoid(beta * h)``, ``"ipo"`` is ``(h - 1 / (2 * beta)) ** 2`` (TRL's IPO uses mean per-token
-    log-probs), ``"hinge"`` (SLiC) is ``relu(1 - beta * h)``. The implicit rewards ``beta * (log pi - log ref)``
-    are detached. TRL trains on ``losses.mean()``.
+    With the log-ratios ``c = log pi(y+|x) - log ref(y+|x)`` and ``r = log pi(y-|x) - log ref(y-|x)``:
+    ``"sigmoid"`` (DPO) is ``-log sigmoid(beta * (c - r))`` and ``"hinge"`` (SLiC) ``relu(1 - beta * (c - r))``;
+    ``"ipo"`` is ``(c / chosen_tokens - r / rejected_tokens - 1 / (2 * beta)) ** 2``: IPO on the log-ratios
+    **averaged per token**, as TRL computes it (it needs the responses' token counts, ``[B]``). The implicit
+    rewards ``beta * c`` and ``beta * r`` (summed, whatever the loss) are detached. TRL trains on ``losses.mean()``.
     """
     chosen_logratios = policy_chosen_logps - ref_chosen_logps
     rejected_logratios = policy_rejected_logps - ref_rejected_logps
-    h = chosen_logratios - rejected_logratios
     if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * h)
-    elif loss_type == "ipo":
-        losses = (h - 1 / (2 * beta)) ** 2
+        losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
     elif loss_type == "hinge":
-        losses = torch.relu(1 - beta * h)
+        losses = torch.relu(1 - beta * (chosen_logratios - rejected_logratios))
+    elif loss_type == "ipo":
+        if chosen_tokens is None or rejected_tokens is None:
+            raise ValueError('loss_type="ipo" averages the log-ratios per token: pass chosen_tokens and rejected_tokens')
+        per_token = chosen_logratios / chosen_tokens.clamp(min=1) - rejected_logratios / rejected_tokens.clamp(min=1)
+        losses = (per_token - 1 / (2 * beta)) ** 2
     else:
         raise ValueError(f'loss_type must be "sigmoid", "ipo" or "hinge", got {loss_type!r}')
     return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()

@@ -1,6 +1,7 @@
 """The two update loops, KL-regularized and DPO: forward, loss, backward, clip, step. Each trains ``policy`` in
-place and returns one row per optimizer step. Inside ``engine.session`` a CPU runs faster twins of the steps
-below (same numbers); elsewhere the session hands out these functions themselves."""
+place and returns one row per optimizer step. Each loop hands ``engine.session`` the plain steps below and calls
+what it hands back: on a float32 CPU, faster twins with the same numbers; elsewhere these functions themselves.
+A step reads its numbers back from the device once (``read_back``), so a GPU never waits on the loop mid-step."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .data import encode_pair, pad_batch
 from .evaluation import nll_and_kl
 from .losses import dpo_loss, kl_regularized_loss, picked_logprobs, upcast
 from .models import mixed_precision_dtype, trainable_copy
-from .scoring import pair_logprobs, sum_by_side
+from .scoring import model_logits, pair_logprobs, reference_logits, response_logits, sum_by_side
 
 MAX_GRAD_NORM = 1.0  # gradient clipping, as in TRL and the Hugging Face Trainer
 # DPO's passes scale with the data: at least DPO_MIN_STEPS steps, so that a small file moves the model visibly,
@@ -62,47 +63,30 @@ def batches(n_items: int, batch_size: int, n_batches: int, seed: int) -> list[li
     return out[:n_batches]
 
 
-def check_finite(value: torch.Tensor, stage: str, step: int, pairs: Sequence[dict]) -> None:
-    """Stop with a clear message instead of training on (and reporting) NaN or infinity."""
-    if not torch.isfinite(value).all():
-        raise FloatingPointError(f"{stage}: the loss became {value.item()} at step {step} (batch starting with "
-                                 f"the prompt {pairs[0]['prompt'][:60]!r}). Try a smaller learning rate.")
+def read_back(values: dict[str, torch.Tensor], stage: str, step: int, pairs: Sequence[dict]) -> dict[str, float]:
+    """The step's scalars as floats, read from the device in one go; stops with a clear message instead of training
+    on (and reporting) a NaN or infinite loss."""
+    device = values["loss"].device
+    row = dict(zip(values, torch.stack([torch.as_tensor(v, device=device).detach().float().reshape(())
+                                        for v in values.values()]).tolist()))
+    if not math.isfinite(row["loss"]):
+        raise FloatingPointError(f"{stage}: the loss became {row['loss']} at step {step} (batch starting with the "
+                                 f"prompt {pairs[0]['prompt'][:60]!r}). Try a smaller learning rate.")
+    return row
 
 
-def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's float32 logits ``[B, T, V]`` on ``batch["input_ids"]`` ``[B, T]``."""
-    return upcast(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
-
-
-def kl_logits_and_labels(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the KL update's loss takes: the model's logits ``[B, T, V]`` on ``batch`` and its labels ``[B, T]``."""
-    return model_logits(model, batch), batch["labels"]
-
-
-def reference_logits(ref, step_batches: list[dict[str, torch.Tensor]], amp) -> Callable[[int], torch.Tensor]:
-    """``at(i)``: the frozen ``ref``'s logits ``[B, T, V]`` on ``step_batches[i]``, computed when asked for
-    (under ``amp``, the policy's precision, so that the two compare like with like)."""
-
-    @torch.no_grad()  # the reference is frozen: no graph for it
-    def at(i: int) -> torch.Tensor:
-        with amp():
-            return model_logits(ref, step_batches[i])
-
-    return at
-
-
-def optimizer_step(loss: torch.Tensor, optimizer, scaler=None) -> None:
-    """Backward, clip the gradient norm to ``MAX_GRAD_NORM``, step (through the fp16 scaler if any), then free the
+def optimizer_step(loss: torch.Tensor, optimizer, scaler=None, max_norm: float = MAX_GRAD_NORM) -> None:
+    """Backward, clip the gradient norm to ``max_norm``, step (through the fp16 scaler if any), then free the
     gradients, which the next forward pass would otherwise hold in memory (one more copy of the model)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if scaler is None:
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
     else:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -123,29 +107,26 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
              steps: int = 30, batch_size: int = 1, seed: int = 0, max_length: int = 256,
              progress: bool = True, loss_fn: Callable = kl_regularized_loss) -> pd.DataFrame:
     """The KL-regularized update on the **chosen** responses, ``loss = NLL + beta * KL(pi || ref)``: columns
-    ``loss``, ``nll``, ``kl``. ``loss_fn``: ``kl_regularized_loss`` or the student's own, with its signature and
-    its means over the response tokens; on a CPU the engine passes it those positions only, as one sequence."""
+    ``loss``, ``nll``, ``kl``. ``loss_fn``: ``kl_regularized_loss`` or the student's own, with its signature: it
+    gets the policy's and the reference's logits ``[B, T, V]`` and the labels ``[B, T]`` of each step's batch."""
     device = next(policy.parameters()).device
     encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"], max_length) for p in pairs]
     optimizer = make_optimizer(policy, lr)
     amp, scaler = autocast(device)
     policy.train()
     rows = []
-    with engine.session(policy, ref, training=True) as fast:
-        schedule = batches(len(pairs), batch_size, steps, seed)
-        step_batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx],
-                                                               tokenizer.pad_token_id).items()} for idx in schedule]
-        # the frozen reference's logits never change: on a CPU the engine computes them all up front
-        ref_logits_at = fast.reference_logits(ref, step_batches, amp)
+    schedule = batches(len(pairs), batch_size, steps, seed)
+    step_batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
+                    for idx in schedule]
+    plain = engine.Steps(optimizer_step=optimizer_step, reference_logits=reference_logits)
+    with engine.session(policy, ref, training=True, plain=plain) as fast:
+        ref_logits_at = fast.reference_logits(ref, step_batches, amp)  # the frozen reference: no graph for it
         for step, (idx, batch) in enumerate(tqdm(list(zip(schedule, step_batches)), desc=f"KL update (beta={beta})",
                                                  disable=not progress, unit="step"), start=1):
-            ref_logits = ref_logits_at(step - 1)  # [B, T, V], no gradient
             with amp():
-                logits, labels = fast.kl_logits_and_labels(policy, batch)  # [B, T, V] with gradient, [B, T]
-                loss, nll, kl = loss_fn(logits, ref_logits, labels, beta)
-            check_finite(loss, "KL update", step, [pairs[i] for i in idx])
-            fast.step(loss, optimizer, scaler)  # backward, clip, step, zero_grad
-            rows.append({"loss": loss.item(), "nll": nll.item(), "kl": kl.item()})
+                loss, nll, kl = loss_fn(model_logits(policy, batch), ref_logits_at(step - 1), batch["labels"], beta)
+            rows.append(read_back({"loss": loss, "nll": nll, "kl": kl}, "KL update", step, [pairs[i] for i in idx]))
+            fast.optimizer_step(loss, optimizer, scaler, MAX_GRAD_NORM)  # backward, clip, step, zero_grad
         release(optimizer)
     return history_frame(rows)
 
@@ -164,7 +145,8 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
     amp, scaler = autocast(device)
     optimizer = make_optimizer(policy, lr)
     rows = []
-    with engine.session(policy, ref, training=True) as fast:
+    plain = engine.Steps(response_logits=response_logits, optimizer_step=optimizer_step)
+    with engine.session(policy, ref, training=True, plain=plain) as fast:
         # the reference's log-probs never change: computed once, in the policy's precision so that at step 1
         # (policy = reference) the loss is exactly log 2
         with amp():
@@ -176,19 +158,20 @@ def train_dpo(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, 
                 chunk = [pairs[i] for i in idx]
                 with amp():
                     logits, targets, side = fast.response_logits(policy, tokenizer, chunk, max_length)
-                    chosen_logps, rejected_logps, _, _ = sum_by_side(picked_logprobs(logits, targets), side)
+                    chosen_logps, rejected_logps, chosen_tokens, rejected_tokens = sum_by_side(
+                        picked_logprobs(logits, targets), side)
                 losses, chosen_rewards, rejected_rewards = dpo_loss(
                     chosen_logps, rejected_logps, ref_scores["chosen"][idx].to(device),
-                    ref_scores["rejected"][idx].to(device), beta=beta, loss_type=loss_type)
+                    ref_scores["rejected"][idx].to(device), beta=beta, loss_type=loss_type,
+                    chosen_tokens=chosen_tokens, rejected_tokens=rejected_tokens)
                 loss = losses.mean()
-                check_finite(loss, "DPO", step, chunk)
-                fast.step(loss, optimizer, scaler)  # backward, clip, step, zero_grad
-                rows.append({"loss": loss.item(), "rewards/chosen": chosen_rewards.mean().item(),
-                             "rewards/rejected": rejected_rewards.mean().item(),
-                             "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
-                             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-                             "logps_vs_ref/chosen": (chosen_rewards / beta).mean().item(),
-                             "logps_vs_ref/rejected": (rejected_rewards / beta).mean().item()})
+                rows.append(read_back({
+                    "loss": loss, "rewards/chosen": chosen_rewards.mean(), "rewards/rejected": rejected_rewards.mean(),
+                    "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+                    "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+                    "logps_vs_ref/chosen": (chosen_rewards / beta).mean(),
+                    "logps_vs_ref/rejected": (rejected_rewards / beta).mean()}, "DPO", step, chunk))
+                fast.optimizer_step(loss, optimizer, scaler, MAX_GRAD_NORM)  # backward, clip, step, zero_grad
             release(optimizer)
     return history_frame(rows)
 

@@ -250,11 +250,13 @@ lab.plot_kl_history(kl_history)
 
 # %% [markdown]
 # ### One step of `train_kl`, without the speed tricks
-# On a CPU, `train_kl` computes the logits only where a response token is predicted, hands your loss just those
-# rows (as one sequence, labels shifted to match) and runs a fused optimizer step: faster, same numbers. Here is its first step in plain lines, on a fresh copy: forward both models, the
-# loss, backward, clip the gradient norm, one AdamW step. Its loss, NLL and KL equal row 1 of `kl_history` to
-# float32 rounding: the fast path adds the same numbers in another order, so on a real model the 6th or 7th digit
-# may differ (the check allows 1e-5 of the value; a real mistake moves the loss far more).
+# Your loss gets exactly what it asks for, on every device: the `[B, T, V]` logits of both models and the
+# `[B, T]` labels of each batch. On a CPU, `train_kl` also runs the linear layers through a faster library, folds
+# the gradient clipping into the optimizer step and keeps the frozen reference's logits for the sweep below: same
+# numbers, sooner. Here is its first step in plain lines, on a fresh copy: forward both models, the loss, backward,
+# clip the gradient norm, one AdamW step. Its loss, NLL and KL equal row 1 of `kl_history` to float32 rounding: the
+# fast path adds the same numbers in another order, so on a real model the 6th or 7th digit may differ (the check
+# allows 1e-5 of the value; a real mistake moves the loss far more).
 
 # %%
 checks.require(checks.check_kl_loss(my_kl_regularized_loss))

@@ -16,6 +16,7 @@ from lab7_helpers.app import cli
 import lab7_helpers.app.run as run_module
 from lab7_helpers.app.plots import plot_beta_sweep, plot_dpo_history, plot_metrics
 from lab7_helpers.app.report import render_report
+from lab7_helpers.app.settings import LabSettings
 from lab7_helpers.training import DPO_MAX_EPOCHS, DPO_MIN_STEPS, scaled_dpo_epochs
 from lab7_helpers.sources.data_card import data_card
 from lab7_helpers.app.tables import few_pairs_note, sample_held_out_pairs, with_intervals
@@ -150,8 +151,8 @@ def test_original_settings_are_one_flag_away(monkeypatch, tmp_path):
 
     def fake_run_lab(settings, out, overwrite=False):
         seen.append(settings)
-        return {"metrics": pd.DataFrame({m: [0.0] for m in METRIC_DESCRIPTIONS}, index=["base"]), "notes": [],
-                "failures": []}
+        return run_module.Run(settings, out, metrics=pd.DataFrame({m: [0.0] for m in METRIC_DESCRIPTIONS},
+                                                                  index=["base"]))
 
     monkeypatch.setattr(run_module, "run_lab", fake_run_lab)  # the command line imports it when it needs it
     monkeypatch.setattr(cli, "quiet_libraries", lambda: None)
@@ -211,11 +212,11 @@ def test_beta_sweep_labels_stay_apart_and_inside_the_figure_when_two_points_near
 
 def test_report_shows_data_card_intervals_and_line_breaks(tmp_path):
     rows = [{"prompt": "Q?", "chosen": "Yes, and more words.", "rejected": "No."}] * 2
-    run = {"settings": {"model": "tiny-gpt2"}, "stages": ["evaluation"], "planned_stages": ["evaluation"],
-           "notes": [few_pairs_note(2)], "data_card": data_card(write_pairs(tmp_path / "p.jsonl", rows)),
-           "metrics": pd.DataFrame({"pref_acc": [0.5], "pref_acc_low": [0.1], "pref_acc_high": [0.9]},
-                                   index=pd.Index(["dpo"], name="model")),
-           "generations": pd.DataFrame({"prompt": ["Q?"], "dpo": ["line one\nline <two>"]})}
+    run = run_module.Run(LabSettings(model="tiny-gpt2"), tmp_path, planned=["evaluation"], finished=["evaluation"],
+                         notes=[few_pairs_note(2)], data_card=data_card(write_pairs(tmp_path / "p.jsonl", rows)),
+                         metrics=pd.DataFrame({"pref_acc": [0.5], "pref_acc_low": [0.1], "pref_acc_high": [0.9]},
+                                              index=pd.Index(["dpo"], name="model")),
+                         generations=pd.DataFrame({"prompt": ["Q?"], "dpo": ["line one\nline <two>"]}))
     page = render_report(run)
     assert "Data card (before training)" in page and "duplicate pairs" in page
     assert "0.500 [0.100, 0.900]" in page and "cannot be told apart" in page

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from lab7_helpers.grading import submissions
+from lab7_helpers.checks import TODOS
 from lab7_helpers.grading.grade import Limits, grade, load_rubric
 from lab7_helpers.grading.identity import identities
 from lab7_helpers.grading.submissions import extract, questions_from_notebook
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
 CHECKPOINTS = list(load_rubric()["checkpoints"])
 ANSWERS = {key: f"My answer to {key}: the first line.\nA second line, with *markdown*." for key in CHECKPOINTS}
-FULL_MARKS = 11
+FULL_MARKS = sum(todo.points for todo in TODOS.values())  # the one table of TODO checks
 
 
 def solution() -> dict:
@@ -199,7 +200,7 @@ def test_every_hand_in_gets_every_todo_point_and_one_row_per_student(graded_clas
     assert sorted(grades.index) == ["alice", "bob", "carol", "dave", "erin", "frank", "gina", "submission_0815"]
     assert grades.loc["submission_0815", "names typed in it"] == "Henry Ito"  # a label: the row is the file's
     for student in ("alice", "bob", "carol", "dave", "erin", "submission_0815"):
-        assert grades.loc[student, "total"] == FULL_MARKS, grades.loc[student]
+        assert grades.loc[student, "total"] == FULL_MARKS, grades.loc[student].to_dict()
     for student in ("alice", "bob", "carol", "dave", "erin"):
         assert grades.loc[student, "status"] == "graded", grades.loc[student]
     assert grades.loc["dave", "file"].endswith("dave (1).ipynb") and "dave.ipynb (older)" in grades.loc[

@@ -135,8 +135,12 @@ def test_dpo_loss_by_hand():
     assert losses.tolist() == pytest.approx([math.log1p(math.exp(-0.2)), math.log1p(math.exp(0.1))], rel=1e-6)
     assert chosen_rewards.tolist() == pytest.approx([0.1, 0.0])
     assert rejected_rewards.tolist() == pytest.approx([-0.1, 0.1])
-    ipo, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo")
-    assert ipo.tolist() == pytest.approx([(2 - 1) ** 2, (-1 - 1) ** 2])
+    # IPO on per-token means (as TRL): pair 1 chosen log-ratio 1 over 2 tokens, rejected -1 over 1: 0.5 + 1 = 1.5
+    ipo, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type="ipo", chosen_tokens=torch.tensor([2, 4]),
+                         rejected_tokens=torch.tensor([1, 1]))
+    assert ipo.tolist() == pytest.approx([(1.5 - 1) ** 2, (-1 - 1) ** 2])
+    with pytest.raises(ValueError, match="pass chosen_tokens and rejected_tokens"):
+        dpo_loss(pc, pr, rc, rr, loss_type="ipo")
     hinge, _, _ = dpo_loss(pc, pr, rc, rr, beta=0.25, loss_type="hinge")
     assert hinge.tolist() == pytest.approx([0.5, 1.25])
     with pytest.raises(ValueError, match="loss_type"):

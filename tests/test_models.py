@@ -3,7 +3,7 @@ import torch
 
 from lab7_helpers.models import OFFLINE_MODELS
 from lab7_helpers import freeze, load_model, trainable_copy
-from lab7_helpers.engine.disk import weights_on_disk
+from lab7_helpers.engine import weights_on_disk
 from lab7_helpers.models import tiny_gpt2
 from lab7_helpers.sources.offline_models import cache_dir
 
@@ -65,41 +65,3 @@ def test_weights_on_disk_frees_the_weights_and_brings_them_back_exactly(tiny, to
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_weights_on_disk_drops_the_pages_of_a_memory_mapped_model_without_copying(tiny, tokenizer, tmp_path):
-    """A model loaded from safetensors points into a memory map of its file (smollm2-135m does); here the same
-    situation is made with torch.load(mmap=True), independent of how a transformers version loads."""
-    from lab7_helpers.engine.disk import drop_file_pages
-
-    model = trainable_copy(tiny[0]).eval()
-    params = dict(model.named_parameters())
-    torch.save({name: p.detach() for name, p in params.items()}, tmp_path / "weights.pt")
-    mapped = torch.load(tmp_path / "weights.pt", mmap=True, weights_only=True)
-    for name, p in params.items():
-        p.data = mapped[name]
-    ids = tokenizer(["Say hello."], return_tensors="pt")
-    with torch.no_grad():
-        before = model(**ids).logits
-
-    def resident_kb() -> int:  # resident memory of the mapping that holds the weights, from /proc/self/smaps
-        address, kb, inside = model.lm_head.weight.data_ptr(), 0, False
-        for line in open("/proc/self/smaps"):
-            first = line.split()[0]
-            if "-" in first and not first.endswith(":"):
-                lo, hi = (int(x, 16) for x in first.split("-"))
-                inside = lo <= address < hi
-            elif inside and first == "Rss:":
-                kb = int(line.split()[1])
-        return kb
-
-    pointers = [p.data_ptr() for p in model.parameters()]
-    assert resident_kb() > 10_000  # 13 MB of weights, all read by the forward pass
-    with weights_on_disk(model):
-        assert resident_kb() < 1_000  # dropped from memory; nothing saved, the file has them
-        assert not any(tmp_path.glob("lab7_weights_*"))
-    assert [p.data_ptr() for p in model.parameters()] == pointers
-    with torch.no_grad():
-        assert torch.equal(model(**ids).logits, before)  # read back from the file
-    assert not drop_file_pages(trainable_copy(model))  # a copy lives in memory only: it is saved to a file instead
-    with torch.no_grad():
-        model.lm_head.weight[0, 0] += 1.0  # a modified page: the file no longer has it
-    assert not drop_file_pages(model)

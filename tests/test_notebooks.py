@@ -100,6 +100,25 @@ def test_every_cell_that_uses_a_todo_stops_with_one_sentence_naming_it():
     assert guarded >= 7
 
 
+def test_the_notebook_the_todo_table_and_the_rubric_agree():
+    """Each TODO's facts live in ``checks.TODOS``: the notebook has its cells (by id) and names it by its label,
+    each cell defines what its checks take, and the bundled rubric adds nothing to the table."""
+    from lab7_helpers.grading.grade import load_rubric
+    from lab7_helpers.grading.submissions import PROVIDED_NAMES, _defines
+
+    student, solution = build_notebooks.build("student"), build_notebooks.build("solution")
+    cells = {cell.metadata["todo"]: cell.source for cell in solution.cells if "todo" in tags(cell)}
+    assert set(cells) == {todo.cell for todo in checks.TODOS.values()}
+    headings = "\n".join(cell.source for cell in student.cells if cell.cell_type == "markdown")
+    for check_id, todo in checks.TODOS.items():
+        assert f"### {todo.label}:" in headings, todo.label
+        for name in set(todo.names) - PROVIDED_NAMES:
+            assert _defines(cells[todo.cell], name), (check_id, name)
+    rubric = load_rubric()["checks"]
+    assert {key: (item["todo"], item["title"], item["points"]) for key, item in rubric.items()} == {
+        key: (todo.cell, todo.title, todo.points) for key, todo in checks.TODOS.items()}
+
+
 def test_todo_checks_follow_the_rubric_and_grade_the_solution_fully():
     from lab7_helpers.grading.grade import load_rubric
 

@@ -56,12 +56,16 @@ def test_train_dpo_lowers_the_loss_and_does_not_touch_the_reference(tiny, tokeni
     assert all(torch.equal(a, b) for a, b in zip(before, ref.parameters()))
 
 
-def test_train_dpo_matches_trl_step_by_step(tiny, tokenizer, pairs):
-    """Batch = every pair, so both see the same data at each step. Step 1 is log 2 for both (policy == ref);
-    step 2 follows one identical AdamW update (TRL's linear LR decay starts from the same LR at step 1)."""
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
+def test_train_dpo_matches_trl_step_by_step(tiny, tokenizer, pairs, loss_type):
+    """Every loss the lab accepts, through the whole loop. Batch = every pair, so both see the same data at each
+    step. Step 1 starts from policy == ref (sigmoid: log 2; IPO: 1 / (2 beta) ** 2 = 25); step 2 follows one
+    identical AdamW update (TRL's linear LR decay starts from the same LR at step 1)."""
     ref = tiny[0]
-    ours = train_dpo(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3, progress=False)
-    trl = train_dpo_trl(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3)
+    ours = train_dpo(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3,
+                     loss_type=loss_type, progress=False)
+    trl = train_dpo_trl(trainable_copy(ref), ref, tokenizer, pairs, lr=1e-3, epochs=2, batch_size=3,
+                        loss_type=loss_type)
     assert list(trl.columns) == [c for c in ours.columns if not c.startswith("logps_vs_ref/")]  # TRL logs no logps
     # transformers 4.x rounds the Trainer's logged loss to 4 decimals (test_trl_parity compares unrounded values)
     tolerance = 1e-5 if int(transformers.__version__.split(".")[0]) >= 5 else 5e-5 + 1e-6
@@ -220,3 +224,35 @@ def test_beta_sweep_measures_the_pairs_its_steps_trained_on(tiny, tokenizer, pai
     sweep = kl_beta_sweep(tiny[0], tokenizer, pairs, [1.0], trained={1.0: trained}, **args)
     assert tuple(sweep.loc[1.0]) == nll_and_kl(trained, tiny[0], tokenizer, seen)
     assert tuple(sweep.loc[1.0]) != nll_and_kl(trained, tiny[0], tokenizer, pairs)
+
+
+READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+@pytest.mark.parametrize("engine_on", [False, True])  # off: the path a GPU takes
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_a_dpo_step_reads_its_numbers_back_once(tiny, tokenizer, monkeypatch, batch_size, engine_on):
+    """On a GPU every read of a computed value makes the loop wait for the device. Counted here on the CPU as
+    the reads of floating-point and boolean tensors (integer ones are token bookkeeping, made on the CPU): the
+    reads of two passes minus those of one, divided by the steps of a pass."""
+    monkeypatch.setenv("LAB7_ENGINE", "1" if engine_on else "0")
+    pairs = [{"prompt": f"Question {i}?", "chosen": f"A helpful answer number {i}.", "rejected": "No."}
+             for i in range(8)]
+    reads = []
+    for name in READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            if self.dtype.is_floating_point or self.dtype == torch.bool:
+                reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = []
+    for epochs in (1, 2):
+        reads.clear()
+        train_dpo(trainable_copy(tiny[0]), tiny[0], tokenizer, pairs, lr=1e-3, epochs=epochs, batch_size=batch_size,
+                  progress=False)
+        counts.append(len(reads))
+    steps_per_pass = len(pairs) // batch_size
+    assert (counts[1] - counts[0]) / steps_per_pass == 1, (counts, reads)

@@ -43,7 +43,7 @@ def test_trl_tokenizes_exactly_like_encode_pair(trainer_and_batch, tokenizer, pa
     assert sorted(trl_labels.tolist()) == sorted(ours["labels"].tolist())
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge"])
 def test_dpo_loss_equals_trl_compute_loss(trainer_and_batch, tiny, policy, loss_type):
     trainer, batch = trainer_and_batch(loss_type)
     policy.train()
@@ -54,11 +54,10 @@ def test_dpo_loss_equals_trl_compute_loss(trainer_and_batch, tiny, policy, loss_
     logps, n_tokens = our_logps(policy, ours)
     with torch.no_grad():
         ref_logps, _ = our_logps(tiny[0], ours)
-    if loss_type == "ipo":  # TRL's IPO works on per-token means
-        logps, ref_logps = logps / n_tokens, ref_logps / n_tokens
-    b = len(logps) // 2
+    b = len(logps) // 2  # each loss's scaling (IPO: per-token means) happens inside dpo_loss
     losses, chosen_rewards, rejected_rewards = dpo_loss(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:],
-                                                        beta=0.1, loss_type=loss_type)
+                                                        beta=0.1, loss_type=loss_type, chosen_tokens=n_tokens[:b],
+                                                        rejected_tokens=n_tokens[b:])
     assert abs(losses.mean().item() - trl_loss) < 1e-5
     assert trl_loss > 0 and abs(chosen_rewards).max() > 1e-3  # policy != ref, so the test is not trivially 0 == 0
     if loss_type == "sigmoid":

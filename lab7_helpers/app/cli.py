@@ -212,14 +212,12 @@ def run_command(args) -> int:
         return 2
     try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
         quiet_libraries()
-        from ..engine.disk import remove_stale_weight_folders
         from .hub import check_model_available, default_model
         from .run import run_lab
         from .tables import with_intervals
     except KeyboardInterrupt:
         print("\nlab7: interrupted while starting", file=sys.stderr)
         return 130
-    remove_stale_weight_folders()  # left by runs that were killed outright
     if args.model is None:  # default_model only picks a model it can load
         args.model, why = default_model()
         print(f"lab7: using model {args.model} ({why}; choose another with --model)", file=sys.stderr)
@@ -237,13 +235,13 @@ def run_command(args) -> int:
                               if k not in ("command", "out", "overwrite", "original_settings")})
     started = time.time()
     run = run_lab(settings, args.out, overwrite=args.overwrite)
-    if run["failures"]:
-        failure = run["failures"][0]
-        print(f"\nlab7: error: {failure['stage']} failed: {failure['reason']}; what finished is in "
+    if run.failures:
+        failure = run.failures[0]
+        print(f"\nlab7: error: {failure.stage} failed: {failure.reason}; what finished is in "
               f"{args.out / 'report.html'}", file=sys.stderr)
         return 2
     print(f"\nLab 7 finished in {time.time() - started:.0f} s on {settings.model}.\n")
-    print(with_intervals(run["metrics"])[["len_words", "refusal_rate", "pref_acc", "reward_acc", "kl_to_ref"]]
+    print(with_intervals(run.metrics)[["len_words", "refusal_rate", "pref_acc", "reward_acc", "kl_to_ref"]]
           .to_string())
     print("(95% intervals in brackets)")
     print(f"\nReport: {args.out / 'report.html'}")

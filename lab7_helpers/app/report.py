@@ -47,61 +47,58 @@ def _evaluation(title: str, metrics: pd.DataFrame, figure: str) -> str:
             + _table(with_intervals(metrics).T) + figure)
 
 
-def render_report(run: dict) -> str:
-    """An HTML page for ``run``: a dict with ``settings``, ``stages`` (finished stage names), ``notes`` and,
-    when present, ``failures`` (dicts: ``stage``, ``reason``, ``details``), ``figures`` (name -> PNG file name),
-    ``kl_history``, ``dpo_history``, ``dpo_trl_history``, ``beta_sweep``, ``data_card`` (a Series), ``metrics``,
-    ``generations``, ``metrics_sample``, ``generations_sample`` and ``parity`` (DataFrames or dicts)."""
+def render_report(run) -> str:
+    """An HTML page for ``run`` (``run.Run``): its notes, failures and stages, the settings that ran, the data card,
+    and each finished stage's results and figures."""
     esc = html.escape
-    parts = [f"<h1>Lab 7 run: {esc(run['settings']['model'])}</h1>"]
-    parts += [f'<p class="note">{esc(note)}</p>' for note in run["notes"]]
-    failures = {failure["stage"]: failure for failure in run.get("failures", [])}
-    parts += [f'<p class="failed">{esc(stage)} failed: {esc(failure["reason"])}</p><details><summary>Details for '
-              f'a bug report</summary><pre>{esc(failure["details"])}</pre></details>'
+    parts = [f"<h1>Lab 7 run: {esc(run.settings.model)}</h1>"]
+    parts += [f'<p class="note">{esc(note)}</p>' for note in run.notes]
+    failures = {failure.stage: failure for failure in run.failures}
+    parts += [f'<p class="failed">{esc(stage)} failed: {esc(failure.reason)}</p><details><summary>Details for '
+              f'a bug report</summary><pre>{esc(failure.details)}</pre></details>'
               for stage, failure in failures.items()]
     parts.append("<h2>Stages</h2><ul>" + "".join(
         f"<li>{esc(stage)}: "
-        f"{'done' if stage in run['stages'] else 'failed' if stage in failures else 'not run / not finished'}</li>"
-        for stage in run["planned_stages"]) + "</ul>")
-    parts.append("<h2>Settings</h2>" + _table(pd.Series(run["settings"], name="value").astype(str).to_frame()))
-    if "data_card" in run:
+        f"{'done' if stage in run.finished else 'failed' if stage in failures else 'not run / not finished'}</li>"
+        for stage in run.planned) + "</ul>")
+    parts.append("<h2>Settings</h2>" + _table(pd.Series(run.shown_settings, name="value").astype(str).to_frame()))
+    if run.data_card is not None:
         parts.append("<h2>Data card (before training)</h2><p>What separates chosen from rejected in your file is "
-                     "what DPO will learn, meant or not.</p>" + _table(run["data_card"].to_frame()))
-    figures = run.get("figures", {})
+                     "what DPO will learn, meant or not.</p>" + _table(run.data_card.to_frame()))
 
     def figure(name: str) -> str:
-        return f'<img src="{esc(figures[name])}" alt="{esc(name)}">' if name in figures else ""
+        return f'<img src="{esc(run.figures[name])}" alt="{esc(name)}">' if name in run.figures else ""
 
-    if "kl_history" in run:
-        last = run["kl_history"].iloc[-1]
+    if run.kl_history is not None:
+        last = run.kl_history.iloc[-1]
         parts.append(f"<h2>KL-regularized update</h2><p>Last step: loss {last['loss']:.4f}, NLL {last['nll']:.4f}, "
                      f"KL {last['kl']:.4f} (means per response token).</p>" + figure("kl_history"))
-    if "beta_sweep" in run:
+    if run.beta_sweep is not None:
         parts.append("<h2>Beta sweep</h2><p>Each beta trains a fresh copy; NLL and KL are measured afterwards on "
-                     "the chosen responses of the pairs its steps trained on.</p>" + _table(run["beta_sweep"])
+                     "the chosen responses of the pairs its steps trained on.</p>" + _table(run.beta_sweep)
                      + figure("beta_sweep"))
-    if "dpo_history" in run:
+    if run.dpo_history is not None:
         parts.append("<h2>DPO (our loop)</h2><p>Right-hand panel: the summed log-probs of the chosen and rejected "
                      "responses minus the reference's. Below 0, the response is less likely than before training "
                      "(likelihood displacement, when it happens to the chosen ones).</p>" + figure("dpo_history"))
-    if "dpo_trl_history" in run:
+    if run.dpo_trl_history is not None:
         parts.append("<h2>DPO (TRL DPOTrainer)</h2>" + figure("dpo_trl_history"))
-    if "parity" in run:
+    if run.parity is not None:
         parts.append("<h2>Our DPO loop vs TRL</h2><p>Both start at log 2 = 0.6931, which only shows that both start "
                      "from the reference. Each shuffles the pairs in its own order, so their steps differ; compare "
                      "the curves and the last pass. Fed the same batches, the two losses agree to 1e-5 "
-                     "(<code>tests/test_training.py</code>).</p>" + _table(run["parity"]) + figure("dpo_vs_trl"))
-    if "metrics" in run:
-        parts.append(_evaluation("Evaluation on held-out pairs", run["metrics"], figure("metrics"))
+                     "(<code>tests/test_training.py</code>).</p>" + _table(run.parity) + figure("dpo_vs_trl"))
+    if run.metrics is not None:
+        parts.append(_evaluation("Evaluation on held-out pairs", run.metrics, figure("metrics"))
                      + "<details><summary>What the metrics mean</summary>" + _table(metric_descriptions())
                      + "</details>")
-    if "generations" in run:
+    if run.generations is not None:
         parts.append("<h2>Generations (same prompts, same seed: one sample each)</h2>"
-                     + _text_table(run["generations"]))
-    if "metrics_sample" in run:
-        parts.append(_evaluation("Evaluation on the bundled sample's held-out pairs", run["metrics_sample"],
+                     + _text_table(run.generations))
+    if run.metrics_sample is not None:
+        parts.append(_evaluation("Evaluation on the bundled sample's held-out pairs", run.metrics_sample,
                                  figure("metrics_sample"))
-                     + "<h3>Generations on the sample's prompts</h3>" + _text_table(run["generations_sample"]))
+                     + "<h3>Generations on the sample's prompts</h3>" + _text_table(run.generations_sample))
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              ".table{border-collapse:collapse;font-size:14px;display:block;overflow-x:auto}"
              ".table td,.table th{border:1px solid #ccc;"

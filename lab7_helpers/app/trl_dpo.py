@@ -70,7 +70,7 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
 
 def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
                   epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
-                  dataset=None) -> pd.DataFrame:
+                  loss_type: str = "sigmoid", dataset=None) -> pd.DataFrame:
     """Train ``policy`` in place with TRL's ``DPOTrainer``; ``train_dpo``'s arguments (and ``dataset``).
 
     Returns a row per optimizer step: ``loss`` and TRL's ``rewards/*`` (with transformers 4.x the Trainer rounds
@@ -78,9 +78,9 @@ def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0
     """
     with tempfile.TemporaryDirectory(prefix="lab7_trl_") as output_dir:  # TRL wants a folder; leave nothing behind
         trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
-                                   output_dir=output_dir, dataset=dataset)
+                                   output_dir=output_dir, dataset=dataset, loss_type=loss_type)
         try:
-            with engine.session(training=True):  # the lab's CPU memory setting, so that only the loops differ
+            with engine.reuse_freed_memory():  # the lab's CPU memory setting, so that only the loops differ
                 trainer.train()
         finally:  # TRL patches both models' forward; the lab goes on using them (and copying the reference)
             remove_forward_patch(policy)

@@ -1,84 +1,65 @@
-"""The CPU speed engine. Same numbers as the teaching core to float32 rounding; you need not read this.
+"""The CPU speed engine: faster twins of the teaching core's steps, the same numbers to float32 rounding.
 
-The core's loops enter it through one door, ``session``, and call the steps it hands back::
-
-    with engine.session(policy, ref, training=True) as fast:
-        logits, labels = fast.kl_logits_and_labels(policy, batch)  # as training.kl_logits_and_labels
-        fast.step(loss, optimizer, scaler)           # as training.optimizer_step
-
-Where the engine does not apply (a GPU, half precision, ``LAB7_ENGINE=0``), those steps are the core's own
-functions and the session changes nothing. On a float32 CPU it uses:
-- ``onednn``: the linear layers through oneDNN (faster than MKL at these shapes), and pre-packed weights for
-  decoding;
-- ``packed``: each pair's prompt runs once (``[prompt, chosen, rejected]`` in one sequence), and the LM head
-  runs on the positions that predict a response token only; the KL update's loss gets those rows only;
-- ``step``: fused AdamW applies the gradient clipping, and a tied embedding adds its gradient in place;
-- ``memory``: freed memory is reused while training instead of being faulted back in at every step;
-- ``disk``: the reference's logits for the KL update are computed up front and kept on disk
-  (``fast.reference_logits``), once per batch for the whole process (a beta sweep's trainings and measurements
-  share them), and a model that a stage does not use waits on disk (``fast.unused(model)``).
-``tests/test_engine.py`` checks each step against the core's.
+It sits below the core and imports none of its loops. A loop hands a session the plain steps it calls, and calls
+what comes back (``with engine.session(policy, ref, plain=Steps(optimizer_step=optimizer_step)) as fast:``).
+Where the engine does not apply (a GPU, half precision, ``LAB7_ENGINE=0``) that is the plain steps themselves. On
+a float32 CPU: linear layers run through oneDNN (``onednn``); ``response_logits`` runs each pair's prompt once and
+the LM head on scored positions only (``packed``); ``optimizer_step`` folds the clipping into fused AdamW and adds
+a tied embedding's gradient in place (``step``), keeping freed memory for the next step (``memory``);
+``reference_logits`` keeps the frozen reference's logits for the process (``reference``); ``unused(model)`` parks
+a model's weights on disk. A student's function gets what the core gives it. ``tests/test_engine.py`` checks each
+twin against the core's step; README.md, Performance, has the figures.
 """
 
 from __future__ import annotations
 
-import functools
 import os
+import tempfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
+from .memory import reuse_freed_memory
+from .reference import REFERENCE_LOGITS
+
 
 @dataclass(frozen=True)
 class Steps:
-    """The steps a loop calls inside a session: the engine's twins, or the core's own functions."""
-    kl_logits_and_labels: Callable  # (model, batch) -> (logits, labels); as training.kl_logits_and_labels
-    response_logits: Callable  # (model, tokenizer, pairs, max_length) -> (logits, targets, side); as scoring's
-    step: Callable  # (loss, optimizer, scaler) -> None; as training.optimizer_step
-    reference_logits: Callable  # (ref, step_batches, amp) -> at(i); as training.reference_logits
-    unused: Callable  # (model) -> context manager: the model is not used inside it
+    """The steps a loop calls: the core's plain functions, or the engine's twins of them (None: not used)."""
 
-
-def switched_off() -> bool:
-    """``LAB7_ENGINE=0`` turns the engine off: every session then hands out the core's steps and does nothing."""
-    return os.environ.get("LAB7_ENGINE", "1") == "0"
+    response_logits: Callable | None = None  # (model, tokenizer, pairs, max_length) -> (logits, targets, side)
+    optimizer_step: Callable | None = None  # (loss, optimizer, scaler, max_norm) -> None
+    reference_logits: Callable | None = None  # (ref, batches, amp) -> at(i): ref's logits [B, T, V] on batches[i]
+    unused: Callable = lambda model: nullcontext()  # (model) -> a context in which the model is not used
 
 
 def applies(*models: torch.nn.Module) -> bool:
-    """Whether the engine speeds up work on ``models``: float32 on a CPU, unless switched off."""
+    """Float32 on a CPU, unless ``LAB7_ENGINE=0``."""
     params = [next(m.parameters()) for m in models]
-    return not switched_off() and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
-
-
-def core_steps() -> Steps:
-    """The teaching core's plain functions, as a session hands them out where the engine does not apply."""
-    from ..scoring import response_logits
-    from ..training import kl_logits_and_labels, optimizer_step, reference_logits
-
-    return Steps(kl_logits_and_labels, response_logits, optimizer_step, reference_logits, lambda model: nullcontext())
+    return os.environ.get("LAB7_ENGINE", "1") != "0" and all(
+        p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
 
 
 @contextmanager
-def session(*models: torch.nn.Module, training: bool = False, decode_rows: int = 0) -> Iterator[Steps]:
-    """Run a stage on ``models`` with the CPU speed-ups; yields the ``Steps`` to call.
-
-    ``training``: a loop that trains (memory reuse; the tied embedding's gradient in place for every model with
-    trainable weights). ``decode_rows``: a generation loop with that many rows per batch (pre-packed weights;
-    the weights must not change inside). Sessions may nest.
-    """
-    if not models or not applies(*models):
-        with _memory(training and not models and not switched_off()):
-            yield core_steps()
+def session(*models: torch.nn.Module, plain: Steps = Steps(), training: bool = False,
+            decode_rows: int = 0) -> Iterator[Steps]:
+    """Yields the ``Steps`` to call on ``models``: the twins of ``plain``'s steps, or ``plain`` itself.
+    ``training``: a loop that trains; ``decode_rows``: a generation loop with that many rows per batch (the
+    weights must not change inside). Sessions may nest."""
+    if not applies(*models):
+        yield plain
         return
-    from . import disk, onednn, packed, step
+    from . import onednn, packed, step
 
-    # oneDNN keeps a compiled kernel per matrix shape, up to 1024 by default; training meets a new shape at every
-    # sequence length, and the kept kernels grow memory (README.md, Performance). oneDNN reads this when first used.
+    # oneDNN keeps a compiled kernel per matrix shape (1024 by default): training meets a new shape at every
+    # sequence length, and the kept kernels grow memory. oneDNN reads this when first used.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
     with ExitStack() as stack:
-        stack.enter_context(_memory(training))
+        if training:
+            stack.enter_context(reuse_freed_memory())
         for model in dict.fromkeys(models):  # each model once, even when passed twice
             if decode_rows:
                 stack.enter_context(onednn.prepacked_weights(model, decode_rows))
@@ -86,12 +67,32 @@ def session(*models: torch.nn.Module, training: bool = False, decode_rows: int =
                 stack.enter_context(onednn.onednn_linears(model))
             if training and any(p.requires_grad for p in model.parameters()):
                 stack.enter_context(step.tied_embedding_gradient_in_place(model))
-        yield Steps(packed.kl_logits_and_labels, packed.response_logits, step.step,
-                    functools.partial(disk.reference_logits_on_disk, stack, models, park=training),
-                    lambda model: disk.unused_unless_shared(model, models))
+        yield Steps(response_logits=plain.response_logits and packed.response_logits,
+                    optimizer_step=plain.optimizer_step and step.optimizer_step,
+                    reference_logits=plain.reference_logits and REFERENCE_LOGITS,
+                    unused=lambda model: nullcontext() if _shares_weights(model, models) else weights_on_disk(model))
 
 
-def _memory(training: bool):
-    from .memory import reuse_freed_memory
+def _shares_weights(model: torch.nn.Module, models: tuple) -> bool:
+    """Whether another model of ``models`` uses ``model``'s weights (the policy passed as its own reference)."""
+    mine = {p.data_ptr() for p in model.parameters()}
+    return models.count(model) > 1 or any(other is not model and mine & {p.data_ptr() for p in other.parameters()}
+                                          for other in models)
 
-    return reuse_freed_memory() if training else nullcontext()
+
+@contextmanager
+def weights_on_disk(model: torch.nn.Module) -> Iterator[None]:
+    """Keep the parameters of ``model`` in a temporary file while the block runs, and bring them back exactly
+    after: their memory is free meanwhile (the reference while DPO trains on its precomputed log-probs)."""
+    params = dict(model.named_parameters())  # each tied parameter once
+    with tempfile.TemporaryDirectory(prefix="lab7_weights_") as folder:
+        path = Path(folder) / "weights.pt"
+        torch.save({name: p.detach() for name, p in params.items()}, path)
+        for p in params.values():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+        try:
+            yield
+        finally:
+            saved = torch.load(path, weights_only=True)
+            for name, p in params.items():
+                p.data = saved[name]

@@ -1,9 +1,8 @@
-"""Keep freed memory inside the process while a CPU loop runs, then hand it back to the system.
+"""Keep freed memory in the process while a CPU loop trains, then hand it back to the system (glibc only).
 
 By default glibc returns every large freed block (a gradient, a layer's activations) to the kernel at once, so
-the next step asks for it again and pays a page fault per 4 KB page (README.md, Performance, has the figures). Inside ``reuse_freed_memory`` freed
-blocks stay in the process and are reused; on the way out, ``malloc_trim`` returns what is no longer used, so
-the process does not keep its peak. Elsewhere (macOS, Windows, musl) it does nothing.
+the next step faults it back in, a page at a time. Inside ``reuse_freed_memory`` freed blocks stay and are
+reused; on the way out ``malloc_trim`` returns what is unused. ``benchmarks/bench_dpo.py`` shows the effect.
 """
 
 from __future__ import annotations
@@ -30,16 +29,11 @@ def _glibc():
 
 @contextmanager
 def reuse_freed_memory() -> Iterator[None]:
-    """Within the block, large freed blocks are reused instead of returned to the kernel (glibc only).
-
-    Nested blocks are fine: only the outermost one restores glibc's defaults and trims.
-    """
+    """Within the block, large freed blocks are reused instead of returned to the kernel. Blocks may nest: only
+    the outermost one restores glibc's defaults and trims."""
     global _depth
     libc = _glibc()
-    if libc is None:
-        yield
-        return
-    if _depth == 0:
+    if libc is not None and _depth == 0:
         libc.mallopt(M_MMAP_MAX, 0)  # large blocks from the heap, which keeps freed space ...
         libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES)  # ... up to this much
     _depth += 1
@@ -47,7 +41,7 @@ def reuse_freed_memory() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
-        if _depth == 0:
+        if libc is not None and _depth == 0:
             libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
             libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
             libc.malloc_trim(0)

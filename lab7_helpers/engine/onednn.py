@@ -1,12 +1,8 @@
-"""Linear layers through oneDNN on CPU: the same maths as ``torch.nn.functional.linear``, faster at our shapes.
-
-On CPU, PyTorch multiplies float32 matrices with MKL. For the shapes of this lab (a few dozen rows times a
-576 x 1536 weight in training, a handful of rows per new token in decoding) oneDNN, which PyTorch also ships,
-is faster (README.md, Performance, has the figures). Both context managers below route a
-model's linear layers (``nn.Linear``, and GPT-2's ``Conv1D``) through ``torch.ops.mkldnn._linear_pointwise``
-while the block runs; results agree with the plain path to float32 rounding. On a GPU, in half precision, or
-with a torch built without oneDNN they change nothing.
-"""
+"""Linear layers through oneDNN on a CPU: the maths of ``torch.nn.functional.linear``, faster at this lab's
+shapes (a few dozen rows in training, a handful per new token in decoding) than MKL, which PyTorch uses by
+default. Both context managers route a model's linear layers (``nn.Linear``, GPT-2's ``Conv1D``) through
+``torch.ops.mkldnn._linear_pointwise`` while the block runs; on a GPU, in half precision, or without oneDNN
+they change nothing."""
 
 from __future__ import annotations
 
@@ -15,7 +11,6 @@ from typing import Callable, Iterator
 
 import torch
 from transformers.pytorch_utils import Conv1D
-
 
 
 def has_onednn_linear() -> bool:
@@ -57,11 +52,8 @@ def _patched_linears(model: torch.nn.Module, make_forward: Callable) -> Iterator
 
 
 class OneDNNLinear(torch.autograd.Function):
-    """``x @ weight.T + bias`` forward and input gradient through oneDNN; the weight gradient through MKL.
-
-    Shapes: ``x`` ``[..., in]``, ``weight`` ``[out, in]`` (may be a transposed view), ``bias`` ``[out]`` or None.
-    The weight gradient stays on MKL's ``mm``: oneDNN is no faster there and needs extra memory for it.
-    """
+    """``x @ weight.T + bias`` (``x`` ``[..., in]``, ``weight`` ``[out, in]``, ``bias`` ``[out]`` or None):
+    forward and input gradient through oneDNN, the weight gradient through MKL (oneDNN is no faster there)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -81,9 +73,8 @@ class OneDNNLinear(torch.autograd.Function):
 
 @contextmanager
 def onednn_linears(model: torch.nn.Module) -> Iterator[None]:
-    """On CPU, run ``model``'s linear layers through oneDNN (``OneDNNLinear``) while the block runs, for training
-    and for scoring. Gradients reach the parameters as usual (a ``Conv1D`` weight gets its ``[in, out]``
-    gradient). The weights are read at each call, so they may change between steps."""
+    """``model``'s linear layers through ``OneDNNLinear`` while the block runs, for training and scoring: the
+    weights are read at each call and get their gradients as usual."""
     def make_forward(module: torch.nn.Module) -> Callable:
         return lambda x: OneDNNLinear.apply(x, _weight_out_in(module), module.bias)
 
@@ -93,12 +84,9 @@ def onednn_linears(model: torch.nn.Module) -> Iterator[None]:
 
 @contextmanager
 def prepacked_weights(model: torch.nn.Module, rows: int) -> Iterator[None]:
-    """On CPU, run the model's linear layers through oneDNN with each weight re-laid out once, up front.
-
-    Decoding multiplies a handful of rows (one per prompt) by every weight matrix at each new token; for that
-    shape the plain float32 path is 2-3x slower than oneDNN with a pre-packed weight. Packing costs one extra
-    copy of the weights while the block runs, and the weights must not change inside the block (no training).
-    """
+    """``model``'s linear layers through oneDNN with each weight re-laid out once, up front, for decoding (a
+    handful of rows per new token, where it is 2-3x faster). One more copy of the weights meanwhile; the
+    weights must not change inside the block."""
     def make_forward(module: torch.nn.Module) -> Callable:
         packed = torch.ops.mkldnn._reorder_linear_weight(_weight_out_in(module).detach(), rows)
         return lambda x: _onednn_linear(x, packed, module.bias)

@@ -1,5 +1,5 @@
 """Packed pair scoring: each pair's prompt runs once, ``[prompt, chosen, rejected]`` in one sequence, and the LM
-head runs on the scored positions only. The same logits as ``scoring.response_logits``, to float32 rounding."""
+head runs on the scored positions only. Twin of ``scoring.response_logits``: the same logits, to float32 rounding."""
 
 from __future__ import annotations
 
@@ -12,49 +12,13 @@ from ..losses import upcast
 
 
 def response_logits(model, tokenizer, pairs: Sequence[dict], max_length: int = 256):
-    """Twin of ``scoring.response_logits``: ``(logits [N, V], targets [N], side [B, K])``."""
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in encode_pairs_shared_prompt(tokenizer, pairs, max_length).items()}
-    scored = batch["side"] >= 0
-    return shared_prompt_logits(model, batch), batch["target"][scored], batch["side"]
-
-
-def kl_logits_and_labels(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Twin of ``training.kl_logits_and_labels``: the N positions of ``batch`` that predict a response token, as
-    ONE sequence. Logits ``[1, N + 1, V]``: the N response rows, then a row of zeros; labels ``[1, N + 1]``: -100,
-    then the N response tokens. A loss's shift by one lines them up (row j scores label j + 1), so a mean over
-    the response tokens, the KL update's loss, is the one on ``[B, T, V]``. The prompt positions' logits are
-    never built: V is 50k for GPT-2."""
-    return as_one_sequence(response_rows(model, batch)), response_labels(batch)
-
-
-def response_rows(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The logits ``[N, V]`` (float32) at the N positions of ``batch`` that predict a response token."""
-    mask = batch["labels"][:, 1:] != IGNORE_INDEX  # [B, T - 1]
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    return upcast(model.get_output_embeddings()(hidden[:, :-1][mask]))
-
-
-def as_one_sequence(rows: torch.Tensor) -> torch.Tensor:
-    """``[N, V]`` rows -> ``[1, N + 1, V]``: a row of zeros appended, which the shift by one drops."""
-    return torch.cat([rows, rows.new_zeros(1, rows.shape[-1])])[None]
-
-
-def response_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``[1, N + 1]``: -100, then the N response tokens of ``batch`` in row-major order."""
-    targets = batch["labels"][:, 1:]
-    targets = targets[targets != IGNORE_INDEX]
-    return torch.cat([targets.new_full((1,), IGNORE_INDEX), targets])[None]
-
-
-def shared_prompt_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits ``[N, V]`` (float32) at the N scored positions of ``encode_pairs_shared_prompt`` rows, one per entry
-    of ``batch["side"] >= 0`` in row-major order; the LM head runs on those positions only (on CPU through oneDNN,
-    as in ``response_logits``)."""
+    """``(logits [N, V], targets [N], side [B, K])``, as ``scoring.response_logits``."""
+    batch = encode_pairs_shared_prompt(tokenizer, pairs, max_length)
+    pair, slot = (batch["side"] >= 0).nonzero(as_tuple=True)  # the N scored tokens, row-major
     hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  position_ids=batch["position_ids"]).last_hidden_state  # [B, L, H]
-    states = hidden.gather(1, batch["source"].unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))  # [B, K, H]
-    return upcast(model.get_output_embeddings()(states[batch["side"] >= 0]))
+                              position_ids=batch["position_ids"]).last_hidden_state  # [B, L, H]
+    states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pair * hidden.shape[1] + batch["source"][pair, slot])
+    return upcast(model.get_output_embeddings()(states)), batch["target"][pair, slot], batch["side"]
 
 
 def encode_pairs_shared_prompt(tokenizer, pairs: Sequence[dict], max_length: int = 256) -> dict[str, torch.Tensor]:

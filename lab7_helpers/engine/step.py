@@ -8,28 +8,20 @@ from typing import Iterator
 import torch
 
 
-def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
-    """Twin of ``training.optimizer_step``: backward, clip, step, free the gradients; the clipping rides on the
-    fused optimizer's ``grad_scale`` (``clipped_step``)."""
-    from ..training import MAX_GRAD_NORM, optimizer_step
-
-    if scaler is not None:
-        return optimizer_step(loss, optimizer, scaler)
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, max_norm: float) -> None:
+    """Twin of ``training.optimizer_step`` on a float32 CPU (no ``scaler``): backward, clip, step, free the
+    gradients."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     loss.backward()
-    clipped_step(optimizer, params, MAX_GRAD_NORM)
+    clipped_step(optimizer, params, max_norm)
     optimizer.zero_grad(set_to_none=True)
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], max_norm: float) -> None:
     """``clip_grad_norm_(params, max_norm)`` then ``optimizer.step()``, with one pass over the gradients less
-    where the optimizer is fused.
-
-    Clipping multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``: a read and a write of the
-    whole gradient before the optimizer reads it again. A fused Adam/AdamW divides each
-    gradient by its ``grad_scale`` tensor as it reads it (the attribute ``torch.amp.GradScaler`` sets to unscale
-    fp16 gradients), so the clip factor goes there: the same update to float32 rounding, one pass over the gradients less. The gradients themselves are left unclipped.
-    """
+    where the optimizer is fused: clipping multiplies every gradient by ``min(1, max_norm / (norm + 1e-6))``,
+    and a fused AdamW divides each gradient by its ``grad_scale`` as it reads it (how ``GradScaler`` unscales
+    fp16 gradients), so the clip factor goes there. The same update to float32 rounding."""
     if not optimizer.defaults.get("fused"):
         torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
@@ -45,15 +37,11 @@ def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Paramet
 @contextmanager
 def tied_embedding_gradient_in_place(model: torch.nn.Module) -> Iterator[None]:
     """While the block runs, the input embedding of a model with tied input and output embeddings (GPT-2,
-    SmolLM2) adds its gradient, one row per input token, straight into the shared weight's ``.grad``.
-
-    By default autograd builds the embedding's gradient as a dense ``[V, H]`` matrix of zeros with a few rows
-    filled in (a sparse gradient avoids that), then adds it to the output
-    layer's gradient of the same weight into a new ``[V, H]`` tensor. Here the rows are looked up in the detached
-    weight and a hook on them adds their gradient into ``weight.grad`` with ``index_add_``: the same sum, with no
-    ``[V, H]`` temporary. As in ``nn.Embedding``, the row of
-    ``padding_idx`` gets nothing from the input side. Untied models, and embeddings with ``max_norm``,
-    ``scale_grad_by_freq`` or ``sparse``, keep the default.
+    SmolLM2) adds its gradient, one row per input token, straight into the shared weight's ``.grad``. By default
+    autograd builds a dense ``[V, H]`` gradient of zeros with a few rows filled in, then adds it to the output
+    layer's gradient into a new ``[V, H]`` tensor; here a hook adds the rows with ``index_add_``: the same sum,
+    no ``[V, H]`` temporary. As in ``nn.Embedding``, ``padding_idx``'s row gets nothing from the input side.
+    Untied models, and embeddings with ``max_norm``, ``scale_grad_by_freq`` or ``sparse``, keep the default.
     """
     embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
     tied = isinstance(embedding, torch.nn.Embedding) and output is not None and output.weight is embedding.weight

@@ -2,7 +2,7 @@
 
 The container is told from the content, not the file name: ``[`` or ``{`` opens JSON (one document, or one
 object per line), anything else is delimited text with a header line. A row that cannot be read becomes a
-``Record`` with a ``problem``; reading goes on after it wherever the file's structure allows.
+``Record`` with a ``problem``, and reading goes on: in a JSON document, at the next line that opens an object.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from .file_text import WholeFileProblem
 from .pair_shapes import is_known_key, is_row, unknown_shape
 
 DELIMITERS = ("\t", ",", ";", "|")
-_JSON_STRUCTURE = re.compile(r'["\\\[\]{}]')
-_JSON_SCALAR = re.compile(r'"(?:[^"\\]|\\.)*"|[^,\]}\s]+')
-_WHITESPACE = re.compile(r"\s*")
+_NEXT_OBJECT = re.compile(r"^[ \t]*\{", re.M)  # where reading resumes after a JSON value it could not read
 
 
 @dataclass(frozen=True)
@@ -33,189 +31,103 @@ class Record:
     label: str = ""       # "element 3" for a row of a JSON list, so it can be found by count too
 
 
-def parse_json(snippet: str, first_line: int | None = None) -> tuple[Any, str]:
-    """Parse one JSON value; return ``(value, "")`` or ``(None, problem)``. Never raises for bad input."""
-    try:
-        return json.loads(snippet), ""
-    except json.JSONDecodeError as err:
-        line = "" if first_line is None else f"line {first_line + err.lineno - 1}, "
-        python = "; it looks like a Python dict: write rows with json.dumps(row), not str(row)" \
-            if snippet.lstrip().startswith("{'") else ""
-        return None, f"not valid JSON ({err.msg} at {line}column {err.colno}){python}"
-    except RecursionError:
-        return None, "nested too deeply to read (a row is one flat object of texts)"
-    except ValueError as err:  # Python refuses to read integers of more than 4300 digits
-        if "digits" in str(err):
-            return None, "holds a number too long to read (more than 4300 digits)"
-        return None, f"not valid JSON ({err})"
-
-
-class _Lines:
-    """Line numbers of positions in a text."""
-
-    def __init__(self, text: str):
-        self.starts = [match.end() for match in re.finditer("\n", text)]
-
-    def at(self, position: int) -> int:
-        return bisect.bisect_right(self.starts, position) + 1
-
-    @property
-    def count(self) -> int:
-        return len(self.starts) + 1
+def json_problem(err: Exception, snippet: str) -> str:
+    """Why a JSON value could not be read, in one phrase."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply to read (a row is one flat object of texts)"
+    if not isinstance(err, json.JSONDecodeError):  # Python refuses to read integers of more than 4300 digits
+        return "holds a number too long to read (more than 4300 digits)" if "digits" in str(err) else \
+            f"not valid JSON ({err})"
+    python = "; it looks like a Python dict: write rows with json.dumps(row), not str(row)" \
+        if snippet.lstrip().startswith("{'") else ""
+    where = f"line {err.lineno}, column {err.colno}" if "\n" in err.doc else f"column {err.colno}"
+    return f"not valid JSON ({err.msg} at {where}){python}"
 
 
 def _skip_space(text: str, position: int) -> int:
-    return _WHITESPACE.match(text, position).end()
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
 
 
-def _value_end(text: str, start: int) -> int:
-    """Where the JSON value starting at ``start`` ends, found without parsing it (so depth does not matter).
-    -1 when an object, list or text is never closed."""
-    if text[start] not in "[{":
-        scalar = _JSON_SCALAR.match(text, start)
-        return scalar.end() if scalar else start + 1
-    depth, in_text, skip_to = 0, False, 0
-    for match in _JSON_STRUCTURE.finditer(text, start):
-        position, char = match.start(), match.group()
-        if position < skip_to:
-            continue
-        if in_text:
-            if char == "\\":
-                skip_to = position + 2
-            in_text = char != '"'
-        elif char == '"':
-            in_text = True
-        elif char in "[{":
-            depth += 1
-        elif char in "]}":
-            depth -= 1
-            if depth == 0:
-                return position + 1
-    return -1
-
-
-def _value_record(text: str, start: int, lines: _Lines, label: str = "") -> tuple[Record, int]:
-    """The JSON value starting at ``start`` as a record, and where it ends (-1 if it is never closed)."""
-    line, end = lines.at(start), _value_end(text, start)
-    if end < 0:
-        return Record(line, range(line, lines.count + 1), label=label,
-                      problem="never closed (a missing } or ]), so the rest of the file is unread"), -1
-    value, problem = parse_json(text[start:end], line)
-    return Record(line, range(line, lines.at(end - 1) + 1), value, problem, label), end
-
-
-def _list_records(text: str, start: int, lines: _Lines, of: str = "") -> tuple[list[Record], int]:
-    """The elements of the JSON list opening at ``start``, each parsed on its own (a bad element does not hide
-    the next one). Returns them and where the list ends (-1 if it is never closed)."""
-    records: list[Record] = []
-    position, count = _skip_space(text, start + 1), 0
-    while position < len(text) and text[position] != "]":
+def _json_values(text: str, position: int, in_list: bool, of: str = "") -> list[Record]:
+    """The JSON values from ``position``: the elements of the list opening there (``in_list``; labelled
+    "element N" + ``of``), or objects one after another. A value that cannot be read is a ``Record`` with a
+    problem, and reading resumes at the next line that opens an object."""
+    starts = [m.end() for m in re.finditer("\n", text)]
+    line_at = lambda position: bisect.bisect_right(starts, position) + 1  # noqa: E731
+    decoder, records, count = json.JSONDecoder(), [], 0
+    position = _skip_space(text, position + in_list)
+    while position < len(text) and not (in_list and text[position] == "]"):
         count += 1
-        label = f"element {count}{of}"
-        record, end = _value_record(text, position, lines, label)
-        records.append(record)
-        if end < 0:
-            return records, -1
+        label, line = f"element {count}{of}" if in_list else "", line_at(position)
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except (ValueError, RecursionError) as err:
+            records.append(Record(line, range(line, line + 1), problem=json_problem(err, text[position:]),
+                                  label=label))
+            resume = _NEXT_OBJECT.search(text, getattr(err, "pos", position) + 1)
+            if resume is None:
+                return records
+            position = _skip_space(text, resume.start())
+            continue
+        records.append(Record(line, range(line, line_at(end - 1) + 1), value, label=label))
         position = _skip_space(text, end)
-        if text.startswith(",", position):
+        if in_list and text.startswith(",", position):
             position = _skip_space(text, position + 1)
-        elif position < len(text) and text[position] != "]":
-            records.append(Record(lines.at(end - 1), range(0), label=label,
+        elif in_list and position < len(text) and text[position] != "]":
+            records.append(Record(line_at(end - 1), range(0), label=label,
                                   problem="missing a comma after this element"))
-    if position >= len(text):
-        records.append(Record(lines.at(start), range(0), problem="the list opened here is never closed with ]"))
-        return records, -1
-    return records, position + 1
-
-
-def _object_records(text: str, start: int, lines: _Lines) -> tuple[list[Record], int]:
-    """One row, or rows written one after another as pretty-printed objects (``json.dump`` in a loop)."""
-    records: list[Record] = []
-    position = start
-    while text.startswith("{", position):
-        record, end = _value_record(text, position, lines)
-        records.append(record)
-        if end < 0:
-            return records, -1
-        position = _skip_space(text, end)
-    return records, position
-
-
-def _object_members(text: str, start: int, lines: _Lines) -> dict[str, int]:
-    """The top-level keys of the JSON object opening at ``start``, each with where its value starts."""
-    def syntax_error(what: str, position: int) -> WholeFileProblem:
-        return WholeFileProblem(f"is not valid JSON: {what} at line {lines.at(position)}")
-
-    members: dict[str, int] = {}
-    position = _skip_space(text, start + 1)
-    while not text.startswith("}", position):
-        if not text.startswith('"', position):
-            raise syntax_error("expected a key in double quotes", position)
-        key_end = _value_end(text, position)
-        key, _ = parse_json(text[position:key_end])
-        colon = _skip_space(text, key_end)
-        if not isinstance(key, str) or not text.startswith(":", colon):
-            raise syntax_error("expected a key in double quotes and a colon", position)
-        members[key] = value_start = _skip_space(text, colon + 1)
-        end = _value_end(text, value_start) if value_start < len(text) else -1
-        if end < 0:
-            raise syntax_error(f'the value of "{key}" is never closed; it starts', value_start)
-        position = _skip_space(text, end)
-        if text.startswith(",", position):
-            position = _skip_space(text, position + 1)
-        elif not text.startswith("}", position):
-            raise syntax_error("expected a comma or }", position)
-    return members
+        elif not in_list and position < len(text) and text[position] != "{":
+            records.append(Record(line_at(position), range(0), problem="more text after the JSON document ends "
+                                                                       "(two documents in one file?)"))
+            return records
+    if in_list and position >= len(text):
+        records.append(Record(line_at(position - 1), range(0), problem="the list is never closed with ]"))
+    return records
 
 
 def _json_document_records(text: str, start: int) -> list[Record]:
-    """A JSON list of rows, one row, or an object holding exactly one list of rows."""
-    lines = _Lines(text)
+    """A JSON list of rows, a row (or rows one after another), or an object holding exactly one list of rows."""
     if text[start] == "[":
-        records, end = _list_records(text, start, lines)
-    else:
-        members = _object_members(text, start, lines)
-        if is_row(members):
-            records, end = _object_records(text, start, lines)
-        else:
-            lists = [key for key, value_start in members.items() if text.startswith("[", value_start)]
-            if len(lists) != 1:
-                if lists:
-                    names = ", ".join(f'"{key}"' for key in lists)
-                    raise WholeFileProblem(f"holds a JSON object with {len(lists)} lists ({names}): keep only "
-                                           "the list of pairs in the file")
-                raise WholeFileProblem(unknown_shape(list(members)))
-            records, _ = _list_records(text, members[lists[0]], lines, f' of "{lists[0]}"')
-            end = _value_end(text, start)
-    if end >= 0 and text[end:].strip():
-        extra = _skip_space(text, end)
-        records.append(Record(lines.at(extra), range(0), problem="more text after the JSON document ends "
-                                                                 "(two documents in one file?)"))
-    return records
+        return _json_values(text, start, in_list=True)
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        document = None  # rows one after another, or a broken one: read value by value
+    if not isinstance(document, dict) or is_row(document):
+        return _json_values(text, start, in_list=False)
+    lists = [key for key, value in document.items() if isinstance(value, list)]
+    if len(lists) != 1:
+        if lists:
+            names = ", ".join(f'"{key}"' for key in lists)
+            raise WholeFileProblem(f"holds a JSON object with {len(lists)} lists ({names}): keep only the list "
+                                   "of pairs in the file")
+        raise WholeFileProblem(unknown_shape(list(document)))
+    key = lists[0]
+    opening = next(m for m in re.finditer(r'"((?:[^"\\]|\\.)*)"\s*:\s*\[', text) if json.loads(f'"{m[1]}"') == key)
+    return _json_values(text, opening.end() - 1, in_list=True, of=f' of "{key}"')
 
 
 def _jsonl_records(text: str) -> list[Record]:
     records = []
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
-            value, problem = parse_json(line)
-            records.append(Record(number, range(number, number + 1), value, problem))
+            try:
+                records.append(Record(number, range(number, number + 1), json.loads(line)))
+            except (ValueError, RecursionError) as err:
+                records.append(Record(number, range(number, number + 1), problem=json_problem(err, line)))
     return records
-
-
-def _header_fields(header: str, delimiter: str) -> list[str]:
-    return next(csv.reader([header], delimiter=delimiter), [])
 
 
 def _delimited_records(text: str, header: str) -> list[Record]:
     """CSV or TSV with a header line; the delimiter is the one that makes the header name the most known
     fields (then: the most fields). Quoted fields may hold delimiters and line breaks."""
     def score(delimiter: str) -> tuple[int, int]:
-        fields = _header_fields(header, delimiter)
+        fields = next(csv.reader([header], delimiter=delimiter), [])
         return sum(map(is_known_key, fields)), len(fields)
 
-    delimiter = max(DELIMITERS, key=score)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=max(DELIMITERS, key=score), strict=True)
     records: list[Record] = []
     names: list[str] | None = None
     previous_end = 0
@@ -255,8 +167,10 @@ def read_records(text: str) -> list[Record]:
     start = _skip_space(text, 0)
     if text[start] not in "[{":
         return _delimited_records(text, first_line)
-    one_line = first_line == text.strip()
-    # A JSON document opens with "[" or "{" alone, or a first line cut after a "[", "{" or ",".
-    if one_line or (parse_json(first_line)[1] and first_line[-1] in "[{,"):
+    if first_line == text.strip():  # a document on one line
         return _json_document_records(text, start)
-    return _jsonl_records(text)
+    try:
+        json.loads(first_line)  # JSONL: each line a value of its own
+        return _jsonl_records(text)
+    except (ValueError, RecursionError):  # a document opens with a line cut after "[", "{" or ","
+        return _json_document_records(text, start) if first_line[-1] in "[{," else _jsonl_records(text)
