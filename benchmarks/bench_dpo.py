@@ -44,9 +44,11 @@ OURS, TRL, TRL_AS_SHIPPED = "lab7 train_dpo", "TRL DPOTrainer", "TRL, default al
 
 
 def measure(trainer: str, model_name: str, n_pairs: int, batch_size: int) -> dict:
-    """Runs in a fresh child process, so that peak memory is this trainer's alone (model loading included); in
-    smoke mode in the script's own process."""
+    """On a CPU, runs in a fresh child process, so that peak memory is this trainer's alone (model loading
+    included); in smoke mode, and on a GPU (whose peak memory can be reset), in the script's own process."""
     import resource
+
+    import torch
 
     quiet_libraries()
     warnings.simplefilter("ignore")
@@ -58,9 +60,14 @@ def measure(trainer: str, model_name: str, n_pairs: int, batch_size: int) -> dic
     if trainer == TRL_AS_SHIPPED:
         os.environ["LAB7_ENGINE"] = "0"  # no engine, so no freed-memory reuse either
     train = partial(lab.train_dpo, progress=False) if trainer == OURS else lab.train_dpo_trl
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     try:
         start = time.perf_counter()
         history = train(policy, ref, tokenizer, pairs, batch_size=batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
     finally:  # the next row, in smoke mode in this same process, runs as it would in a fresh one
         if engine is None:
@@ -70,8 +77,8 @@ def measure(trainer: str, model_name: str, n_pairs: int, batch_size: int) -> dic
     n_params = sum(p.numel() for p in ref.parameters())
     flops = 8 * n_params * tokens_per_pair(tokenizer, pairs) * len(pairs)  # 6PT policy, 2PT reference
     return {"trainer": trainer, "batch": batch_size, "pairs": len(pairs), "seconds": seconds,
-            "pairs_per_s": len(pairs) / seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            / 2**20, "first_loss": float(history["loss"].iloc[0]), "gflops": flops / seconds / 1e9,
+            "pairs_per_s": len(pairs) / seconds, "peak_rss_gb": torch.cuda.max_memory_allocated() / 2**30
+            if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "first_loss": float(history["loss"].iloc[0]), "gflops": flops / seconds / 1e9,
             "params_m": n_params / 1e6}
 
 
@@ -102,9 +109,12 @@ def main() -> int:
     plan = [(trainer, batch_size) for batch_size in sizes
             for trainer in ((OURS, TRL, TRL_AS_SHIPPED) if batch_size == 1 else (OURS, TRL))]
     runs: dict[tuple[str, int], list[dict]] = {key: [] for key in plan}
-    if args.smoke:  # every row in this process: its figures are never read, and a child takes longest to start
-        for trainer, batch_size in plan:
-            runs[trainer, batch_size].append(measure(trainer, model_name, sizes[batch_size], batch_size))
+    import torch
+
+    if args.smoke or torch.cuda.is_available():  # in this process: a child spends 10-15 s importing CUDA and TRL
+        for round_ in range(args.rounds if not args.smoke else 1):
+            for trainer, batch_size in plan if round_ % 2 == 0 else plan[::-1]:
+                runs[trainer, batch_size].append(measure(trainer, model_name, sizes[batch_size], batch_size))
     else:
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                  max_tasks_per_child=1) as pool:
@@ -119,7 +129,8 @@ def main() -> int:
 
     print(f"model {model_name} ({rows[0]['params_m']:.1f}M parameters); fp32 matmul peak {peak:.0f} GFLOP/s "
           f"(before) / {peak_after:.0f} (after); "
-          f"{'all runs in this process (smoke)' if args.smoke else 'each run in its own process'}, the fastest of "
+          f"{'each run in its own process' if not (args.smoke or torch.cuda.is_available()) else 'all runs in this process'}"
+          f" (peak memory: {'GPU' if torch.cuda.is_available() else 'RSS'}), the fastest of "
           f"{rows[0]['runs']} per row")
     print_table(rows, "DPO training")
     ratios = []

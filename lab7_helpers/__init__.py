@@ -2,7 +2,7 @@
 
 The teaching core, read top to bottom: ``data`` (pairs to token ids), ``losses`` (the maths), ``scoring``
 (log-probs of responses under a model), ``models`` (loading, freezing, copying), ``generation``, ``metrics``,
-``training`` (the two update loops) and ``evaluation``.
+``training`` (the two update loops), ``evaluation`` and ``judging`` (your own blind judgement of two models).
 
 Beside it: ``checks/``, the notebook's self-checks on the TODOs (the grader runs the same ones); ``sources/``
 reads pairs files, writes the data card and fetches the offline model; ``engine/`` makes the CPU path faster
@@ -26,12 +26,14 @@ EXPORTS = {  # module -> the names the notebook and the grader use from it
     ".metrics": ("distinct_n", "refusal_flag", "repetition_score", "trigram_repetition"),
     ".training": ("kl_beta_sweep", "scaled_dpo_epochs", "train_dpo", "train_kl"),
     ".evaluation": ("evaluate_models", "nll_and_kl"),
+    ".judging": ("blind_pairs", "blind_summary", "sign_test"),
     ".checks": ("CheckResult", "check_dpo_dataset", "check_dpo_loss", "check_kl_loss", "check_refusal_phrases",
                 "check_sequence_logprobs"),
     ".sources.data_card": ("data_card",),
     ".sources.pair_files": ("BUNDLED_PAIRS", "SAMPLE_DATA_DIR", "PairFileError", "PairFileWarning", "load_pairs"),
     ".app.trl_dpo": ("dpo_dataset", "precision_flags", "train_dpo_trl", "trl_history"),
     ".app.plots": ("plot_beta_sweep", "plot_dpo_history", "plot_kl_history", "plot_metrics"),
+    ".app.judge": ("judge_blind",),
     ".app.tables": ("few_pairs_note", "metric_descriptions", "sample_held_out_pairs", "with_intervals"),
     ".grading.submissions": ("export_answers",),
 }

@@ -44,13 +44,16 @@ STUDENT_NAME = ""  # e.g. "Ada Lovelace" or "al123"
 # ## Setup
 
 # %% tags=["colab"]
-# Colab only: install the lab's helpers and a TRL version they are tested with. Colab's torch stays as it is.
-# (Elsewhere, install with the README's set-up command.)
+# Colab only: install the lab's helpers and a TRL version they are tested with (TRL needs a newer `datasets` than
+# Colab's). Colab's torch stays as it is. (Elsewhere, install with the README's set-up command.)
 import sys
 
 if "google.colab" in sys.modules:
+    datasets_loaded = "datasets" in sys.modules
     # %pip install -q "{{INSTALL_REQUIREMENT}}" "trl>=0.29,<2"
-    pass
+    if datasets_loaded:  # only when a cell that loaded datasets ran before this one
+        print("datasets was upgraded after it was loaded: restart the session (Runtime > Restart session), then "
+              "run the notebook from the top.")
 
 # %%
 # %matplotlib inline
@@ -151,7 +154,8 @@ print(f"{len(train_pairs)} pairs for training, {len(test_pairs)} held out")
 # "write better" does. Keep this card in mind for Checkpoints 1 and 7.
 
 # %%
-lab.data_card(pairs_file).to_frame()
+card = lab.data_card(pairs_file)
+card.to_frame()
 
 # %% [markdown]
 # ## Part 1: KL to a reference (no preferences yet)
@@ -553,6 +557,38 @@ if on_gpu:  # on a CPU TRL trained only TRL_CPU_STEPS steps: too few to set besi
     models["dpo_trl"] = policy_trl
 metrics, generations = lab.evaluate_models(models, ref_model, tokenizer, test_pairs, beta=DPO_BETA, seed=SEED,
                                            max_new_tokens=MAX_NEW_TOKENS, refusal_phrases=REFUSAL_PHRASES)
+print(f"Every model answered the {len(test_pairs)} held-out prompt(s). Judge them before you look at the numbers.")
+
+# %% [markdown]
+# ### Judge blind: did DPO learn *your* preference?
+# Every number in this lab is a proxy. You are the one who wrote the preferences, so you can judge what DPO
+# learned. For each held-out prompt you see two answers, one from the base model and one from DPO, as **A** and
+# **B** in a random order, with no names. Pick the better one by **your criterion from Checkpoint 5** (or a tie).
+# You can change a choice until you press **Finish**, which shows which model was which. Then run the cell after
+# it, which records the result in your notebook.
+#
+# A handful of prompts cannot tell two models apart. To judge more, set `JUDGE_SAMPLE_TOO = True`: the models
+# then also answer the bundled sample's held-out prompts (about a minute on a GPU, a few on a CPU).
+
+# %%
+JUDGE_SAMPLE_TOO = False  # True: also judge the sample's held-out prompts (more prompts, a narrower interval)
+to_judge = generations[["prompt", "base", "dpo"]]
+if JUDGE_SAMPLE_TOO:
+    prompts = [pair["prompt"] for pair in lab.sample_held_out_pairs(train_pairs)]
+    answers = {name: lab.generate(models[name], tokenizer, prompts, MAX_NEW_TOKENS, seed=SEED)
+               for name in ("base", "dpo")}
+    to_judge = pd.concat([to_judge, pd.DataFrame({"prompt": prompts, **answers})], ignore_index=True)
+judging = lab.judge_blind(to_judge, models=("base", "dpo"), seed=SEED)
+
+# %%
+report = judging.report(train_pairs=len(train_pairs), shortcut=card["shortcut to watch"],
+                        dpo_held_out=metrics.loc["dpo", ["reward_acc", "reward_acc_low", "reward_acc_high",
+                                                         "kl_to_ref", "kl_to_ref_low", "kl_to_ref_high"]].to_dict())
+
+# %% [markdown]
+# Now the numbers, each with its 95% interval:
+
+# %%
 display(lab.with_intervals(metrics))
 if lab.few_pairs_note(len(test_pairs)):
     print(lab.few_pairs_note(len(test_pairs)), "To compare on more prompts, score the bundled sample's held-out "
@@ -590,13 +626,20 @@ generations.style.set_properties(**{"white-space": "pre-wrap", "text-align": "le
 # *Your answer:*
 
 # %% [markdown]
-# 2. Where did the KL penalty help? Where did it hold back an improvement?
+# 2. Your blind judgement: what does it say that the metrics did not? Did you prefer DPO, or longer answers
+#    (your length habit, and your choices on pairs of similar length)?
+
+# %% [markdown] tags=["answer"] checkpoint="blind"
+# *Your answer:*
+
+# %% [markdown]
+# 3. Where did the KL penalty help? Where did it hold back an improvement?
 
 # %% [markdown] tags=["answer"] checkpoint="kl-tradeoff"
 # *Your answer:*
 
 # %% [markdown]
-# 3. If you wrote a short "constitution" of rules for good responses, which three rules would you add?
+# 4. If you wrote a short "constitution" of rules for good responses, which three rules would you add?
 
 # %% [markdown] tags=["answer"] checkpoint="constitution"
 # *Your answer:*
@@ -611,9 +654,10 @@ generations.style.set_properties(**{"white-space": "pre-wrap", "text-align": "le
 
 # %% tags=["colab"]
 if not IN_COLAB:
-    print('Save this notebook, then run: lab.export_answers(notebook_path="lab7.ipynb", student=STUDENT_NAME)')
+    print('Save this notebook, then run: lab.export_answers(notebook_path="lab7.ipynb", student=STUDENT_NAME, '
+          'report=report)')
 elif not STUDENT_NAME.strip():
     raise checks.Stop("Type your name or student id into STUDENT_NAME near the top, run that cell, then run this "
                       "one again.")
 else:
-    lab.export_answers(student=STUDENT_NAME)
+    lab.export_answers(student=STUDENT_NAME, report=report)

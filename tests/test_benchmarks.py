@@ -31,3 +31,23 @@ def test_notebook_benchmark_names_cells_by_their_work_and_makes_a_lab6_sized_fil
     sample = lab.load_pairs(lab.BUNDLED_PAIRS)
     pairs = lab.load_pairs(bench_notebook.write_lab6_sized(tmp_path / "lab6.jsonl"))
     assert len(pairs) == 21 and pairs == sample[::6]
+
+
+def test_gpu_check_counts_as_missing_only_the_figures_the_lab_defines(tiny, tokenizer, pairs, capsys):
+    """The false alarm of its first GPU run, reproduced on a CPU: distinct-n has no interval by design, and neither
+    has a rate over an empty group; a NaN anywhere else is still caught. On a CPU it stops with one sentence."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import gpu_check
+
+    import lab7_helpers as lab
+
+    same_length = [{**p, "rejected": p["chosen"][::-1]} for p in pairs]  # chosen never the longer one
+    metrics, _ = lab.evaluate_models({"base": tiny[0]}, tiny[0], tokenizer, same_length, max_new_tokens=3,
+                                     progress=False)
+    old_check = metrics.drop(columns=[c for c in metrics if "chosen_" in c]).notna().all().all()
+    assert not old_check  # what the first GPU run reported as a failure
+    assert gpu_check.finite_where_defined(metrics) == []
+    metrics.loc["base", "kl_to_ref_high"] = float("nan")
+    assert gpu_check.finite_where_defined(metrics) == ["base.kl_to_ref_high"]
+    assert gpu_check.main() == 2  # this machine has no GPU
+    assert capsys.readouterr().out == "gpu_check: no CUDA GPU here; run it on a GPU machine.\n"

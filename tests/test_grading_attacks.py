@@ -19,7 +19,7 @@ import pytest
 
 from lab7_helpers.checks import TODOS
 from lab7_helpers.grading import sandbox
-from lab7_helpers.grading.grade import Limits, WorkerFailed, decode_reply, grade, run_checks
+from lab7_helpers.grading.grade import Limits, WorkerFailed, decode_reply, grade, load_rubric, run_checks
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 
@@ -296,7 +296,6 @@ def test_points_are_capped_by_the_rubric(monkeypatch):
     import dataclasses
 
     from lab7_helpers.checks import CheckResult
-    from lab7_helpers.grading.grade import load_rubric
 
     generous = lambda fn, points, seed: CheckResult("x", True, points * 100, points * 100, "")  # noqa: E731
     monkeypatch.setitem(TODOS, "sequence-logprobs", dataclasses.replace(TODOS["sequence-logprobs"], check=generous))
@@ -316,9 +315,7 @@ def test_malformed_replies_are_refused():
 
 # Round 2: hand-ins that tried to stop the class, take another student's row, or score without the work. Graded as
 # one class beside honest students, whose rows must come out as if the attackers were not there.
-ANSWERS = {key: f"my own thoughts on {key}" for key in ("ties", "beta-predict", "beta-explore", "dpo-objective",
-                                                       "displacement", "criterion", "extra-signal", "shortcut",
-                                                       "kl-tradeoff", "constitution")}
+ANSWERS = {key: f"my own thoughts on {key}" for key in load_rubric()["checkpoints"]}
 
 
 def answered(base: dict, name: str = "", answers: dict | None = None, **todos) -> dict:

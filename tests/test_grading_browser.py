@@ -122,3 +122,51 @@ def test_bad_manual_scores_are_clear_errors(tmp_path, capsys, row, message):
     scores.write_text(f"student,checkpoint,points,comment\n{row}\n")
     assert main(["grade", str(tmp_path / "alice.ipynb"), "--out", str(tmp_path / "out"), "--manual", str(scores)]) == 2
     assert message in capsys.readouterr().err
+
+
+def with_report(notebook: dict, judgements: list[dict], **reported) -> dict:
+    """``notebook`` with the output the results cell records (``BlindJudging.report``)."""
+    notebook["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": 1, "source": "report = ...",
+                              "outputs": [{"output_type": "display_data", "metadata": {}, "data": {
+                                  "text/plain": "(recorded)", "application/json": {
+                                      "lab7": "report", "judgements": judgements, **reported}}}]})
+    return notebook
+
+
+def test_class_page_shows_each_students_blind_result_and_the_class(tmp_path, browser):
+    from lab7_helpers.judging import blind_pairs, judgement
+
+    generations = [{"prompt": f"Q{i}?", "base": "short", "dpo": "a longer answer here"} for i in range(6)]
+    pairs = blind_pairs(generations, seed=0)
+    longer = [judgement(p, "a" if p.left_model == "dpo" else "b") for p in pairs]  # dpo (longer) wins all 6
+    mixed = [judgement(p, "t") for p in pairs[:2]] + [judgement(p, "a" if p.left_model == "base" else "b")
+                                                      for p in pairs[2:4]]  # 2 ties, 2 base wins
+    held_out = {"reward_acc": 0.75, "reward_acc_low": 0.3, "reward_acc_high": 0.95, "kl_to_ref": 0.11,
+                "kl_to_ref_low": 0.05, "kl_to_ref_high": 0.2}
+    folder = tmp_path / "class"
+    folder.mkdir()
+    (folder / "alice.ipynb").write_text(json.dumps(with_report(
+        answers_only("DPO learned length."), longer, train_pairs=17, shortcut="Length: the chosen is longer.",
+        dpo_held_out=held_out)))
+    (folder / "bob_answers.json").write_text(json.dumps({
+        "format": "lab7-answers", "student": "Bob", "answers": {"shortcut": "Not much changed."},
+        "report": {"lab7": "report", "judgements": mixed, "train_pairs": 12, "shortcut": "Tone words: chosen."}}))
+    (folder / "carol.ipynb").write_text(json.dumps(answers_only("No idea.")))  # judged nothing
+    out = tmp_path / "grades"
+    assert main(["grade", str(folder), "--out", str(out)]) == 0
+    browser.get((out / "class.html").resolve().as_uri())
+    text = browser.find_element(By.TAG_NAME, "body").text
+    assert "2 of 3 students recorded a blind judgement" in text
+    assert "for 1 of them" in text  # alice's DPO won by her own judgement, bob's did not
+    # pooled: 10 prompts, dpo won 6, lost 2, tied 2 -> (6 + 1) / 10
+    assert "All judgements pooled (10 prompts): DPO's win rate 0.70" in text
+    assert "Shortcuts the data cards named: Length (1), Tone words (1)" in text
+    rows = {row.find_elements(By.TAG_NAME, "td")[0].text: [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            for row in browser.find_elements(By.CSS_SELECTOR, "tr") if row.find_elements(By.TAG_NAME, "td")}
+    assert rows["alice"][1] == "17" and rows["alice"][3].startswith("1.00 [") and "6 prompts" in rows["alice"][3]
+    assert rows["alice"][4] == "0.75 [0.30, 0.95]" and rows["alice"][6] == "DPO learned length."
+    assert rows["bob"][3].startswith("0.25 [") and rows["bob"][4] == ""
+    assert rows["carol"][1:6] == ["", "", "", "", ""]
+    browser.save_screenshot(str(tmp_path / "class.png"))
+    grading = (out / "grading.html").read_text()
+    assert "Blind judgement (recomputed from the hand-in): dpo against base, judged blind on 6 prompt(s)" in grading

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -63,7 +62,7 @@ def test_student_and_solution_differ_only_in_todo_cells():
         assert "..." in student.cells[i].source and "TODO" in student.cells[i].source
         assert "TODO" not in solution.cells[i].source and "#|" not in student.cells[i].source
     answers = [c.metadata["checkpoint"] for c in student.cells if "answer" in tags(c)]
-    assert len(answers) == len(set(answers)) == 10
+    assert len(answers) == len(set(answers)) == 11
 
 
 def todo_namespace(variant: str) -> dict:
@@ -146,14 +145,14 @@ def colab_notebook(variant: str, tmp_path: Path):
     return notebook
 
 
-def execute(notebook, monkeypatch, tmp_path, upload: Path | str, stop_after: int | None = None):
+def execute(notebook, monkeypatch, tmp_path, upload: Path | str, stop_after: int | None = None, judge: str = ""):
     """Run ``notebook`` in a fresh kernel in ``tmp_path`` until its end, its first error, or cell ``stop_after``.
     Returns the failing cell, or None."""
     for name, value in {"LAB7_MODEL": "tiny-gpt2", "LAB7_FAST": "1", "HF_HUB_OFFLINE": "1",
                         "MPLBACKEND": "module://matplotlib_inline.backend_inline", "LAB7_FAKE_UPLOAD": str(upload),
                         "LAB7_FAKE_DOWNLOADS": str(tmp_path / "downloads.txt"),
                         "LAB7_FAKE_NOTEBOOK": str(tmp_path / "browser_copy.ipynb"),
-                        "PYTHONPATH": os.pathsep.join([str(ROOT), str(FAKE_COLAB)])}.items():
+                        "PYTHONPATH": os.pathsep.join([str(ROOT), str(FAKE_COLAB)]), "LAB7_JUDGE": judge}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("LAB7_PAIRS", raising=False)
     if stop_after is not None:
@@ -181,7 +180,7 @@ def error_lines(cell) -> list[str]:
 
 def test_solution_notebook_runs_end_to_end_in_simulated_colab(monkeypatch, tmp_path):
     notebook = colab_notebook("solution", tmp_path)
-    assert execute(notebook, monkeypatch, tmp_path, upload=SAMPLE) is None
+    assert execute(notebook, monkeypatch, tmp_path, upload=SAMPLE, judge="longer") is None
     results = [o.data["text/plain"] for c in notebook.cells if "check" in tags(c) for o in c.outputs if "data" in o]
     assert len(results) == 7 and all(r.startswith("PASSED") for r in results), results
     everything = "\n".join(outputs_text(c) for c in notebook.cells)
@@ -198,7 +197,10 @@ def test_solution_notebook_runs_end_to_end_in_simulated_colab(monkeypatch, tmp_p
     assert downloads == [str((tmp_path / "lab7_answers.json").resolve())]
     answers = json.loads(Path(downloads[0]).read_text())
     assert answers["student"] == STUDENT_NAME and len(answers["todos"]) == 4
-    assert answers["answers"]["ties"] == "my thoughts on ties" and len(answers["answers"]) == 10
+    assert answers["answers"]["ties"] == "my thoughts on ties" and len(answers["answers"]) == 11
+    assert "Judged by the scripted judge 'longer'" in everything and "judged blind on 6 prompt(s)" in everything
+    report = answers["report"]  # the blind judgement travels with the hand-in
+    assert report["train_pairs"] == 16 and len(report["judgements"]) == 6 and "reward_acc" in report["dpo_held_out"]
 
 
 def test_student_notebook_stops_at_its_first_unfinished_todo_with_one_sentence(monkeypatch, tmp_path):
@@ -253,20 +255,11 @@ def test_a_failed_upload_widget_says_what_to_do_and_cancel_uses_the_sample(fake_
 
 def test_wheel_built_from_the_course_repository_layout_carries_its_data(tmp_path):
     """``pip wheel`` with the notebook's requirement, pointed at a local copy of the course repository."""
-    course = tmp_path / "course"
-    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
-                             check=True, capture_output=True, text=True).stdout.split("\0")
-    for name in filter(None, tracked):
-        if (ROOT / name).is_file():
-            (course / build_notebooks.hosting()[1] / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, course / build_notebooks.hosting()[1] / name)
-    git = ["git", "-c", "user.name=Lab 7 team", "-c", "user.email=lab7@example.org", "-c", "init.defaultBranch=main"]
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "course repository"]):
-        subprocess.run([*git, *command], cwd=course, check=True)
-    repository = tmp_path / "intro_modern_rl.git"  # what GitHub serves: a bare repository
-    subprocess.run([*git, "clone", "-q", "--bare", str(course), str(repository)], check=True)
-    requirement = build_notebooks.install_requirement(f"file://{tmp_path}/intro_modern_rl",
-                                                      build_notebooks.hosting()[1])
+    spec = importlib.util.spec_from_file_location("colab_stack", ROOT / "tools" / "colab_stack.py")
+    colab_stack = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_stack)
+    requirement = colab_stack.install_cell_arguments(colab_stack.make_course_repository(tmp_path))[1]
+    assert requirement.startswith("lab7_helpers @ git+file://")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", requirement,
                     "-w", str(tmp_path / "out")], check=True)
     wheel = next((tmp_path / "out").glob("lab7_helpers-*.whl"))

@@ -1,4 +1,5 @@
-"""The ``lab7`` command line: ``lab7 run`` runs the whole lab and writes a report."""
+"""The ``lab7`` command line: ``lab7 run`` runs the whole lab and writes a report, ``lab7 judge`` judges a run's
+answers blind, ``lab7 grade`` grades a class."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def _number(kind, valid: Callable[[float], bool], expected: str):
 def _betas(text: str) -> list[float]:
     parse = _number(float, lambda v: v >= 0, "a number >= 0")
     return [parse(part) for part in text.split(",") if part.strip()]
+
+
+def _two_models(text: str) -> tuple[str, str]:
+    names = tuple(name.strip() for name in text.split(","))
+    if len(names) != 2 or not all(names) or names[0] == names[1]:
+        raise argparse.ArgumentTypeError(f"give two different model names, e.g. base,dpo (got {text!r})")
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     run.add_argument("--also-score-sample", action="store_true",
                      help="also evaluate on the bundled sample's held-out pairs (for files with few prompts)")
+
+    judge = commands.add_parser("judge", help="judge a lab7 run's answers blind, in the terminal (judgments.csv)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    judge.add_argument("run_dir", type=Path, help="the folder of a lab7 run (it holds generations.jsonl)")
+    judge.add_argument("--models", type=_two_models, default=("base", "dpo"), metavar="OTHER,MODEL",
+                       help="the two models: the second one's win rate against the first")
+    judge.add_argument("--seed", type=_number(int, lambda v: v >= 0, "a whole number >= 0"), default=0,
+                       help="the left/right order")
+    judge.add_argument("--overwrite", action="store_true", help="replace an earlier judgments.csv")
+    judge.add_argument("--with-sample", action="store_true",
+                       help="also judge the answers on the bundled sample's prompts (a run with --also-score-sample)")
 
     grade = commands.add_parser("grade", help="grade students' notebooks: TODO checks in a sandbox, answers "
                                 "collected for manual grading", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -177,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "grade":
         return grade_command(args)
+    if args.command == "judge":
+        from .judge import judge_run
+
+        return judge_run(args.run_dir, args.models, args.seed, args.overwrite, args.with_sample)
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
     try:
         return run_command(args)

@@ -1,14 +1,9 @@
-"""The CPU speed engine: faster twins of the teaching core's steps, the same numbers to float32 rounding.
-
-It sits below the core and imports none of its loops. A loop hands a session the plain steps it calls, and calls
-what comes back (``with engine.session(policy, ref, plain=Steps(optimizer_step=optimizer_step)) as fast:``).
-Where the engine does not apply (a GPU, half precision, ``LAB7_ENGINE=0``) that is the plain steps themselves. On
-a float32 CPU: linear layers run through oneDNN (``onednn``); ``response_logits`` runs each pair's prompt once and
-the LM head on scored positions only (``packed``); ``optimizer_step`` folds the clipping into fused AdamW and adds
-a tied embedding's gradient in place (``step``), keeping freed memory for the next step (``memory``);
-``reference_logits`` keeps the frozen reference's logits for the process (``reference``); ``unused(model)`` parks
-a model's weights on disk. A student's function gets what the core gives it. ``tests/test_engine.py`` checks each
-twin against the core's step; README.md, Performance, has the figures.
+"""The CPU speed engine, below the core: a loop hands ``session`` its plain steps (``Steps``) and calls what comes
+back, the plain steps themselves off a float32 CPU (a GPU, half precision, ``LAB7_ENGINE=0``), else their twins:
+oneDNN linear layers (``onednn``); each pair's prompt run once, the LM head on scored positions only (``packed``);
+clipping folded into fused AdamW, a tied embedding's gradient in place (``step``), freed memory kept (``memory``);
+the reference's logits kept for the process (``reference``); unused weights parked on disk. The numbers are the
+core's to float32 rounding (``tests/test_engine.py``), and a student's function gets what the core gives it.
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ class Steps:
     response_logits: Callable | None = None  # (model, tokenizer, pairs, max_length) -> (logits, targets, side)
     optimizer_step: Callable | None = None  # (loss, optimizer, scaler, max_norm) -> None
     reference_logits: Callable | None = None  # (ref, batches, amp) -> at(i): ref's logits [B, T, V] on batches[i]
-    unused: Callable = lambda model: nullcontext()  # (model) -> a context in which the model is not used
+    unused: Callable = lambda model: nullcontext()  # (model) -> a context without it (passed twice: kept)
 
 
 def applies(*models: torch.nn.Module) -> bool:
@@ -70,20 +65,13 @@ def session(*models: torch.nn.Module, plain: Steps = Steps(), training: bool = F
         yield Steps(response_logits=plain.response_logits and packed.response_logits,
                     optimizer_step=plain.optimizer_step and step.optimizer_step,
                     reference_logits=plain.reference_logits and REFERENCE_LOGITS,
-                    unused=lambda model: nullcontext() if _shares_weights(model, models) else weights_on_disk(model))
-
-
-def _shares_weights(model: torch.nn.Module, models: tuple) -> bool:
-    """Whether another model of ``models`` uses ``model``'s weights (the policy passed as its own reference)."""
-    mine = {p.data_ptr() for p in model.parameters()}
-    return models.count(model) > 1 or any(other is not model and mine & {p.data_ptr() for p in other.parameters()}
-                                          for other in models)
+                    unused=lambda model: nullcontext() if models.count(model) > 1 else weights_on_disk(model))
 
 
 @contextmanager
 def weights_on_disk(model: torch.nn.Module) -> Iterator[None]:
-    """Keep the parameters of ``model`` in a temporary file while the block runs, and bring them back exactly
-    after: their memory is free meanwhile (the reference while DPO trains on its precomputed log-probs)."""
+    """``model``'s parameters in a temporary file while the block runs, back exactly after: their memory is free
+    meanwhile (the reference while DPO trains on its log-probs computed up front)."""
     params = dict(model.named_parameters())  # each tied parameter once
     with tempfile.TemporaryDirectory(prefix="lab7_weights_") as folder:
         path = Path(folder) / "weights.pt"
@@ -93,6 +81,6 @@ def weights_on_disk(model: torch.nn.Module) -> Iterator[None]:
         try:
             yield
         finally:
-            saved = torch.load(path, weights_only=True)
+            saved = torch.load(path, weights_only=True, mmap=True)  # read back when next used (the file may go)
             for name, p in params.items():
                 p.data = saved[name]

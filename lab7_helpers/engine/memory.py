@@ -1,9 +1,6 @@
-"""Keep freed memory in the process while a CPU loop trains, then hand it back to the system (glibc only).
-
-By default glibc returns every large freed block (a gradient, a layer's activations) to the kernel at once, so
-the next step faults it back in, a page at a time. Inside ``reuse_freed_memory`` freed blocks stay and are
-reused; on the way out ``malloc_trim`` returns what is unused. ``benchmarks/bench_dpo.py`` shows the effect.
-"""
+"""Keep freed memory in the process while a CPU loop trains (glibc only): by default glibc hands every large freed
+block back to the kernel at once, and the next step faults it back in, page by page. On the way out,
+``malloc_trim`` returns what is unused."""
 
 from __future__ import annotations
 
@@ -29,8 +26,7 @@ def _glibc():
 
 @contextmanager
 def reuse_freed_memory() -> Iterator[None]:
-    """Within the block, large freed blocks are reused instead of returned to the kernel. Blocks may nest: only
-    the outermost one restores glibc's defaults and trims."""
+    """Within the block freed blocks are reused; blocks may nest (the outermost one restores and trims)."""
     global _depth
     libc = _glibc()
     if libc is not None and _depth == 0:

@@ -17,26 +17,21 @@ def has_onednn_linear() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _onednn_applies(model: torch.nn.Module) -> bool:
-    weight = next(model.parameters())
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and has_onednn_linear()
-
-
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``x @ weight.T + bias`` with ``weight`` ``[out, in]`` (plain or pre-packed)."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def _weight_out_in(module: torch.nn.Module) -> torch.Tensor:
-    """The layer's weight as ``[out, in]``: ``Conv1D`` stores it as ``[in, out]`` (a view; gradient flows)."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
+    return module.weight.t() if isinstance(module, Conv1D) else module.weight  # Conv1D stores [in, out]
 
 
 @contextmanager
 def _patched_linears(model: torch.nn.Module, make_forward: Callable) -> Iterator[None]:
-    """Give each linear layer of ``model`` the instance ``forward`` that ``make_forward(module)`` returns, and
-    take it away on exit. Layers that already carry an instance ``forward`` are left alone."""
-    if not _onednn_applies(model):
+    """Each linear layer of ``model`` gets ``make_forward(module)`` as its instance ``forward`` until the block
+    ends (a layer that has one already is left alone)."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not has_onednn_linear():
         yield
         return
     patched = []
@@ -71,19 +66,14 @@ class OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-@contextmanager
-def onednn_linears(model: torch.nn.Module) -> Iterator[None]:
+def onednn_linears(model: torch.nn.Module):
     """``model``'s linear layers through ``OneDNNLinear`` while the block runs, for training and scoring: the
     weights are read at each call and get their gradients as usual."""
-    def make_forward(module: torch.nn.Module) -> Callable:
-        return lambda x: OneDNNLinear.apply(x, _weight_out_in(module), module.bias)
-
-    with _patched_linears(model, make_forward):
-        yield
+    return _patched_linears(model, lambda module: lambda x: OneDNNLinear.apply(x, _weight_out_in(module),
+                                                                                module.bias))
 
 
-@contextmanager
-def prepacked_weights(model: torch.nn.Module, rows: int) -> Iterator[None]:
+def prepacked_weights(model: torch.nn.Module, rows: int):
     """``model``'s linear layers through oneDNN with each weight re-laid out once, up front, for decoding (a
     handful of rows per new token, where it is 2-3x faster). One more copy of the weights meanwhile; the
     weights must not change inside the block."""
@@ -91,5 +81,4 @@ def prepacked_weights(model: torch.nn.Module, rows: int) -> Iterator[None]:
         packed = torch.ops.mkldnn._reorder_linear_weight(_weight_out_in(module).detach(), rows)
         return lambda x: _onednn_linear(x, packed, module.bias)
 
-    with _patched_linears(model, make_forward):
-        yield
+    return _patched_linears(model, make_forward)

@@ -22,17 +22,12 @@ def response_logits(model, tokenizer, pairs: Sequence[dict], max_length: int = 2
 
 
 def encode_pairs_shared_prompt(tokenizer, pairs: Sequence[dict], max_length: int = 256) -> dict[str, torch.Tensor]:
-    """Encode each pair as ONE sequence ``[prompt, chosen, rejected]``: the prompt is run once, not twice.
-
-    The rejected tokens may attend to the prompt and to themselves, never to the chosen tokens, and their
-    positions restart where the prompt ends, so every response token sees exactly the context it has in
-    ``encode_pairs_for_dpo``. (If truncation left the two prompts different, the row is ``[prompt, chosen,
-    prompt', rejected]`` with the second half attending only to itself.) No padding between chosen and rejected.
-
-    Returns ``input_ids``, ``position_ids`` ``[B, L]``, ``attention_mask`` ``[B, 1, L, L]`` (bool, True = may
-    attend), and for the K scored tokens of each row: ``source`` ``[B, K]`` (the position whose output predicts
-    the token), ``target`` ``[B, K]`` (the token), ``side`` ``[B, K]`` (0 chosen, 1 rejected, -1 padding).
-    """
+    """Each pair as ONE sequence ``[prompt, chosen, rejected]``: the rejected tokens attend to the prompt and to
+    themselves, never to the chosen ones, and their positions restart where the prompt ends, so every response
+    token sees the context it has in ``encode_pairs_for_dpo`` (prompts cut differently by truncation: ``[prompt,
+    chosen, prompt', rejected]``, the second half seeing only itself). ``input_ids``, ``position_ids`` ``[B, L]``,
+    ``attention_mask`` ``[B, 1, L, L]`` (True = may attend), and per scored token ``source`` ``[B, K]`` (the
+    position that predicts it), ``target`` (the token) and ``side`` (0 chosen, 1 rejected, -1 padding)."""
     rows = []
     for pair in pairs:
         chosen = encode_pair(tokenizer, pair["prompt"], pair["chosen"], max_length)

@@ -1,10 +1,7 @@
-"""The frozen reference's logits, kept for the process: twin of ``training.reference_logits``.
-
-A frozen reference gives the same logits on a batch every time, so the KL update, each training of a beta sweep
-and each of the sweep's measurements need them once between them. ``REFERENCE_LOGITS`` keeps them in memory for
-one reference at a time, forgets them when any of its weights is replaced or written in place, and holds at most
-``limit_bytes``: past that, the batch used longest ago goes first.
-"""
+"""The frozen reference's logits, kept for the process (twin of ``scoring.reference_logits``): the KL update, a
+beta sweep's trainings and its measurements compute them once between them. ``REFERENCE_LOGITS`` holds one
+reference's at a time, forgets them when any of its weights is replaced or written in place, and keeps at most
+``limit_bytes`` (past that, the batch used longest ago goes first)."""
 
 from __future__ import annotations
 
@@ -46,8 +43,7 @@ class ReferenceLogits:
 
         return at
 
-    def clear(self) -> None:
-        """Forget every kept batch (``lab7 run`` does once the KL stages are over)."""
+    def clear(self) -> None:  # lab7 run: once the KL stages are over
         self._owner, self._fingerprint, self._kept = None, None, {}
 
 

@@ -9,8 +9,7 @@ import torch
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, max_norm: float) -> None:
-    """Twin of ``training.optimizer_step`` on a float32 CPU (no ``scaler``): backward, clip, step, free the
-    gradients."""
+    """Twin of ``training.optimizer_step`` on a float32 CPU (no ``scaler``)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     loss.backward()
     clipped_step(optimizer, params, max_norm)
@@ -36,13 +35,10 @@ def clipped_step(optimizer: torch.optim.Optimizer, params: list[torch.nn.Paramet
 
 @contextmanager
 def tied_embedding_gradient_in_place(model: torch.nn.Module) -> Iterator[None]:
-    """While the block runs, the input embedding of a model with tied input and output embeddings (GPT-2,
-    SmolLM2) adds its gradient, one row per input token, straight into the shared weight's ``.grad``. By default
-    autograd builds a dense ``[V, H]`` gradient of zeros with a few rows filled in, then adds it to the output
-    layer's gradient into a new ``[V, H]`` tensor; here a hook adds the rows with ``index_add_``: the same sum,
-    no ``[V, H]`` temporary. As in ``nn.Embedding``, ``padding_idx``'s row gets nothing from the input side.
-    Untied models, and embeddings with ``max_norm``, ``scale_grad_by_freq`` or ``sparse``, keep the default.
-    """
+    """While the block runs, a tied input embedding (GPT-2, SmolLM2) adds its rows of gradient straight into the
+    shared weight's ``.grad`` (``index_add_``) instead of building a dense ``[V, H]`` gradient and adding it to the
+    output layer's into a third; ``padding_idx``'s row gets nothing, as in ``nn.Embedding``. Untied embeddings,
+    and those with ``max_norm``, ``scale_grad_by_freq`` or ``sparse``, keep the default."""
     embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
     tied = isinstance(embedding, torch.nn.Embedding) and output is not None and output.weight is embedding.weight
     if not tied or embedding.max_norm is not None or embedding.scale_grad_by_freq or embedding.sparse:

@@ -36,6 +36,8 @@ from .. import checks
 from ..outputs import formula_safe, save_csv, write_atomic
 from . import sandbox
 from .manual import merge_scores, read_scores
+from ..judging import blind_summary, summary_text
+from .class_page import render_class
 from .page import render_grading
 from .submissions import Handin, answer_problems, collect
 from .worker import DTYPES, encode
@@ -433,7 +435,7 @@ def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bo
 def _grade(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool, run: GradingRun, grades: dict,
            answers: dict) -> tuple[dict, dict]:
     work = handin.work or {"lab": "not graded", "todos": {}, "todo_notes": {}, "answers": {}, "found": {},
-                           "unplaced": []}
+                           "unplaced": [], "report": None}
     if handin.work is None or work["lab"] != "lab 7":
         grades["status"], grades["problem"] = work["lab"], handin.problem or LAB_PROBLEMS[work["lab"]]
         work["todos"] = {}
@@ -468,6 +470,8 @@ def _grade(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool, run: G
         answers[key] = work["answers"].get(key, "")  # the rubric's Checkpoints, then an original lab's own
         answers[f"{key} found"] = work["found"].get(key, "")
     answers["unplaced"] = "\n\n".join(work["unplaced"])
+    judgements = (work.get("report") or {}).get("judgements")
+    answers["blind result"] = summary_text(blind_summary(judgements)) if judgements else ""
     return grades, answers
 
 
@@ -482,8 +486,8 @@ def expand(paths: list[str]) -> list[Path]:
 def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC, limits: Limits = Limits(),
           workers: int = 2, progress: bool = True, sandboxed: bool = True,
           manual: str | Path | None = None) -> pd.DataFrame:
-    """Grade every student (one row each); write ``grades.csv``, ``answers.csv`` and ``grading.html`` into
-    ``out``. ``manual``: a ``scores.csv`` exported from grading.html, merged into grades.csv.
+    """Grade every student (one row each); write ``grades.csv``, ``answers.csv``, ``grading.html`` and
+    ``class.html`` (the class's blind judgements, for the discussion) into ``out``. ``manual``: a ``scores.csv`` exported from grading.html, merged into grades.csv.
 
     ``sandboxed=False`` runs the students' code without bubblewrap (only the audit hook and the limits): for a
     class you trust. ValueError (one sentence) when bubblewrap is needed but missing, or for a bad rubric.
@@ -504,9 +508,11 @@ def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC,
                          total=len(handins), desc="grading", unit="student", disable=not progress))
     grades = pd.DataFrame([g for g, _ in rows]).set_index("student")
     answers = pd.DataFrame([a for _, a in rows]).set_index("student")
+    reports = {h.student: (h.work or {}).get("report") for h in handins}
     if scores is not None:
         grades = merge_scores(grades, scores, rubric, manual)
     save_csv(formula_safe(grades), out / "grades.csv")
     save_csv(formula_safe(answers), out / "answers.csv")
     write_atomic(out / "grading.html", render_grading(grades, answers, rubric, storage_key=str(out.resolve())))
+    write_atomic(out / "class.html", render_class(reports, answers))
     return grades

@@ -18,6 +18,7 @@ import pandas as pd
 from .submissions import original_questions
 
 MAX_SHOWN = 20_000  # characters of one answer on the page
+BLIND_BESIDE = ("criterion", "shortcut", "blind")  # the Checkpoints the blind judgement is shown beside
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1300px;margin:0 auto;padding:0 1em 4em;color:#222}
@@ -145,8 +146,11 @@ def _student_section(student: str, row: pd.Series, answers: pd.Series, rubric: d
     rows = []
     for key, checkpoint in rubric.get("checkpoints", {}).items():
         label = f"{student}, {key}: points out of {checkpoint['points']:g}"
+        blind = answers.get("blind result", "")
+        beside = (f"<span class='how'>Blind judgement (recomputed from the hand-in): {esc(blind)}</span>"
+                  if key in BLIND_BESIDE and isinstance(blind, str) and blind else "")
         rows.append(
-            f"<tr><td>{esc(checkpoint['question'])}</td><td class='answer'>{_answer(answers, key)}</td>"
+            f"<tr><td>{esc(checkpoint['question'])}{beside}</td><td class='answer'>{_answer(answers, key)}</td>"
             f"<td class='full'>{esc(checkpoint.get('full_answer', ''))}</td>"
             f"<td data-student='{esc(student, quote=True)}' data-checkpoint='{esc(key, quote=True)}'>"
             f"<input class='points' type='number' min='0' max='{checkpoint['points']:g}' step='0.5' "

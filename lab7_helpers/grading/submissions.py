@@ -299,7 +299,7 @@ def student_name(cells: list[dict]) -> str:
 
 
 def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
-    """A notebook's JSON (as a dict) as ``{"lab", "student", "todos", "todo_notes", "answers", "found",
+    """A notebook's JSON (as a dict) as ``{"lab", "student", "todos", "todo_notes", "answers", "found", "report",
     "unplaced"}``. ``lab`` is "lab 7", "original lab 7" or "not lab 7"."""
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
         raise SubmissionError("not a Jupyter notebook (no list of cells)")
@@ -307,13 +307,14 @@ def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
         raise SubmissionError(f"it has {len(notebook['cells'])} cells, more than the {MAX_CELLS} the grader reads")
     cells = [c for c in notebook["cells"] if isinstance(c, dict)]
     work = {"lab": "lab 7", "student": student_name(cells), "todos": {}, "todo_notes": {}, "answers": {},
-            "found": {}, "unplaced": []}
+            "found": {}, "unplaced": [], "report": None}
     if any(marker in _text(c.get("source")) for c in cells for marker in ORIGINAL_LAB7_MARKERS):
         original = original_questions()  # its TODOs are not this lab's; its answers are kept, by its questions
         work["answers"], work["found"], work["unplaced"] = find_answers(cells, original["questions"],
                                                                         original["lab_text"])
         return {**work, "lab": "original lab 7"}
     work["todos"], work["todo_notes"] = find_todos(cells)
+    work["report"] = notebook_report(cells)
     ours = lab_questions()
     work["answers"], work["found"], work["unplaced"] = find_answers(
         cells, {k: q for k, q in ours["questions"].items() if checkpoints is None or k in checkpoints},
@@ -328,7 +329,36 @@ def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
 ANSWERS_FILE_FIELDS = {  # field of an exported answers file -> (what it must be, its default)
     "student": ("text", ""), "todos": ("texts by name", {}), "todo_notes": ("lists of texts by name", {}),
     "answers": ("texts by name", {}), "found": ("texts by name", {}), "unplaced": ("a list of texts", []),
+    "report": ("a report", None),
 }
+JUDGEMENT_FIELDS = {"prompt": str, "left_model": str, "right_model": str, "choice": str, "winner": str,
+                    "left_words": int, "right_words": int}
+MAX_JUDGEMENTS = 1000
+
+
+def checked_report(report) -> dict | None:
+    """The notebook's recorded report (``app.judge.BlindJudging.report``) with its judgements checked field by
+    field, or None when there is none. SubmissionError names what is wrong."""
+    if report is None:
+        return None
+    judgements = report.get("judgements") if isinstance(report, dict) else None
+    if not isinstance(judgements, list) or len(judgements) > MAX_JUDGEMENTS:
+        raise SubmissionError(f"its recorded blind judgement is not a list of at most {MAX_JUDGEMENTS} judgements")
+    for row in judgements:
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), t) and not isinstance(row.get(k), bool)
+                                              for k, t in JUDGEMENT_FIELDS.items()) and row["choice"] in "abt"):
+            raise SubmissionError("a judgement in its recorded blind judgement is malformed")
+    return report
+
+
+def notebook_report(cells: list[dict]) -> dict | None:
+    """The last report the notebook recorded: an output holding JSON with ``"lab7": "report"``."""
+    for cell in reversed(cells):
+        for output in reversed(cell.get("outputs") or []):
+            value = ((output.get("data") or {}) if isinstance(output, dict) else {}).get("application/json")
+            if isinstance(value, dict) and value.get("lab7") == "report":
+                return checked_report(value)
+    return None
 
 
 def _is(kind: str, value) -> bool:
@@ -337,6 +367,8 @@ def _is(kind: str, value) -> bool:
         return isinstance(value, str)
     if kind == "a list of texts":
         return isinstance(value, list) and texts(value)
+    if kind == "a report":
+        return value is None or isinstance(value, dict)
     by_name = isinstance(value, dict) and texts(value)
     if kind == "texts by name":
         return by_name and texts(value.values())
@@ -354,6 +386,7 @@ def answers_file(data: dict) -> dict:
         work[name] = value
     work["student"] = clean_name(work["student"])
     work["found"] = work["found"] or {k: "answers file" for k, v in work["answers"].items() if v}
+    work["report"] = checked_report(work["report"])
     return work
 
 
@@ -373,9 +406,10 @@ def read_submission(path: str | Path, checkpoints: list[str] | None = None) -> d
 
 
 def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | Path | None = None,
-                   student: str = "") -> Path:
-    """Save this notebook's TODO code and Checkpoint answers, with the ``student``'s name or id, to ``path`` (and
-    download it, in Colab).
+                   student: str = "", report: dict | None = None) -> Path:
+    """Save this notebook's TODO code and Checkpoint answers, with the ``student``'s name or id and the blind
+    judgement's ``report`` (else the one recorded in the notebook's outputs), to ``path`` (and download it, in
+    Colab).
 
     In Colab the notebook is read from the running session; elsewhere pass ``notebook_path`` (save the notebook
     first: answers typed since the last save are not in the file).
@@ -389,6 +423,7 @@ def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | 
     else:
         notebook = json.loads(Path(notebook_path or "lab7.ipynb").read_text(encoding="utf-8"))
     work = extract(notebook)
+    work["report"] = checked_report(report) or work["report"]
     path = Path(path)
     path.write_text(json.dumps({"format": "lab7-answers", "student": student, **work}, indent=2, ensure_ascii=False) + "\n",
                     encoding="utf-8")
