@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import engine
 from .data import encode_pair, pad_batch
 from .evaluation import nll_and_kl
-from .losses import dpo_loss, kl_regularized_loss, picked_logprobs, upcast
+from .losses import dpo_loss, kl_regularized_loss, picked_logprobs
 from .models import mixed_precision_dtype, trainable_copy
 from .scoring import model_logits, pair_logprobs, reference_logits, response_logits, sum_by_side
 
@@ -118,9 +118,8 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     schedule = batches(len(pairs), batch_size, steps, seed)
     step_batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
                     for idx in schedule]
-    plain = engine.Steps(optimizer_step=optimizer_step, reference_logits=reference_logits)
-    with engine.session(policy, ref, training=True, plain=plain) as fast:
-        ref_logits_at = fast.reference_logits(ref, step_batches, amp)  # the frozen reference: no graph for it
+    ref_logits_at = reference_logits(ref, step_batches, amp)  # the frozen reference: no graph for it
+    with engine.session(policy, ref, training=True, plain=engine.Steps(optimizer_step=optimizer_step)) as fast:
         for step, (idx, batch) in enumerate(tqdm(list(zip(schedule, step_batches)), desc=f"KL update (beta={beta})",
                                                  disable=not progress, unit="step"), start=1):
             with amp():

@@ -15,7 +15,7 @@ from lab7_helpers import engine, trainable_copy
 from lab7_helpers.app.cli import main
 from lab7_helpers.data import encode_pair, pad_batch
 from lab7_helpers.engine import packed
-from lab7_helpers.scoring import reference_logits, response_logits
+from lab7_helpers.scoring import response_logits
 from lab7_helpers.training import batches, make_optimizer, optimizer_step, train_kl
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_tiny_run"
@@ -100,8 +100,7 @@ def test_engine_step_equals_the_core_step(tiny):
 
 
 def test_session_hands_out_the_core_steps_when_switched_off(tiny, monkeypatch):
-    plain = engine.Steps(response_logits=response_logits, optimizer_step=optimizer_step,
-                         reference_logits=reference_logits)
+    plain = engine.Steps(response_logits=response_logits, optimizer_step=optimizer_step)
     monkeypatch.setenv("LAB7_ENGINE", "0")
     with engine.session(tiny[0], training=True, plain=plain) as fast:
         assert fast is plain
@@ -143,66 +142,3 @@ def test_main_job_outputs_equal_those_from_before_the_engine_split(tmp_path):
 
 
 ORIGINAL_SETTINGS = ["--original-settings"]  # the original lab's settings (one DPO pass), as the fixture ran them
-
-
-def test_reference_logits_are_computed_once_per_process_and_forgotten_when_the_reference_changes(
-        tiny, tokenizer, pairs, monkeypatch):
-    from contextlib import nullcontext
-
-    from lab7_helpers.evaluation import nll_and_kl
-    from lab7_helpers.models import freeze
-    from lab7_helpers.training import kl_beta_sweep
-
-    store = engine.REFERENCE_LOGITS
-    ref = freeze(trainable_copy(tiny[0]))  # a private reference: this test writes into its weights
-    step_batches = [pad_batch([encode_pair(tokenizer, p["prompt"], p["chosen"])], tokenizer.pad_token_id)
-                    for p in [*pairs, pairs[0]]]  # a batch seen twice is computed once
-    store.clear()
-    before = store.computed
-    at, core = store(ref, step_batches, nullcontext), reference_logits(ref, step_batches, nullcontext)
-    for i in range(len(step_batches)):
-        assert torch.equal(at(i), core(i))
-    assert store.computed - before == len(pairs)
-    args = dict(lr=1e-3, steps=4, seed=0, progress=False)
-
-    def trained(beta: float, fresh_process: bool):
-        if fresh_process:
-            store.clear()
-        before = store.computed
-        history = train_kl(trainable_copy(ref), ref, tokenizer, pairs, beta=beta, **args)
-        return history, store.computed - before
-
-    (alone_0, n_batches), (alone_1, _) = trained(0.0, True), trained(1.0, True)
-    store.clear()
-    (shared_0, first), (shared_1, second) = trained(0.0, False), trained(1.0, False)
-    assert n_batches > 0 and (first, second) == (n_batches, 0)
-    pd.testing.assert_frame_equal(alone_0, shared_0, check_exact=True)
-    pd.testing.assert_frame_equal(alone_1, shared_1, check_exact=True)
-
-    sweep = kl_beta_sweep(ref, tokenizer, pairs, [0.0, 1.0], **args)
-    computed = store.computed
-    assert sweep.equals(kl_beta_sweep(ref, tokenizer, pairs, [0.0, 1.0], **args))  # nothing computed anew
-    assert store.computed == computed
-
-    with torch.no_grad():
-        next(ref.parameters()).mul_(1.5)  # a changed reference: its old logits must not be served
-    changed = nll_and_kl(tiny[0], ref, tokenizer, pairs)
-    assert store.computed > computed
-    monkeypatch.setenv("LAB7_ENGINE", "0")  # the core's own path, which keeps nothing
-    assert nll_and_kl(tiny[0], ref, tokenizer, pairs) == pytest.approx(changed, rel=1e-5, abs=1e-6)
-
-
-def test_the_reference_logits_kept_stay_within_their_limit(tiny, tokenizer, pairs, monkeypatch):
-    from contextlib import nullcontext
-
-    store = engine.REFERENCE_LOGITS
-    step_batches = [pad_batch([encode_pair(tokenizer, p["prompt"], p["chosen"])], tokenizer.pad_token_id)
-                    for p in pairs]
-    monkeypatch.setattr(store, "limit_bytes", 1)
-    store.clear()
-    at = store(tiny[0], step_batches, nullcontext)
-    first = at(0)
-    assert torch.equal(at(1), reference_logits(tiny[0], step_batches, nullcontext)(1))  # the one in use is kept
-    before = store.computed
-    assert torch.equal(at(0), first) and store.computed == before + 1  # over the limit: the older one went
-    store.clear()

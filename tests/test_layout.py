@@ -66,3 +66,17 @@ def test_the_grader_imports_nothing_of_the_main_job():
     for name, imported in GRAPH.items():
         if name.startswith("lab7_helpers.grading"):
             assert not {m for m in imported if m.startswith("lab7_helpers.app")}, name
+
+
+# Modules Python 3.13 removed (PEP 594, and lib2to3): Colab runs 3.13, this machine and CI 3.11.
+REMOVED_IN_3_13 = {"aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "mailcap", "msilib", "nis",
+                   "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd", "sunau", "telnetlib", "uu", "xdrlib",
+                   "lib2to3"}
+
+
+def test_nothing_imports_a_module_python_3_13_removed():
+    for path in [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "tools").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not {n.split(".")[0] for n in names} & REMOVED_IN_3_13, (path, names)

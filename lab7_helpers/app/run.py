@@ -322,14 +322,9 @@ def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: 
     prepare_data(run)
     run.write_report()
     load_models(run)
-    try:
-        for stage in [s for s in run.planned if s not in ("evaluation", "evaluation on the sample")]:
-            if stage == "DPO":
-                engine.REFERENCE_LOGITS.clear()  # the KL stages' reference logits serve no later stage
-            if not attempt(run, stage):
-                break
-        if attempt(run, "evaluation") and settings.also_score_sample:
-            attempt(run, "evaluation on the sample")
-    finally:
-        engine.REFERENCE_LOGITS.clear()
+    for stage in [s for s in run.planned if s not in ("evaluation", "evaluation on the sample")]:
+        if not attempt(run, stage):
+            break
+    if attempt(run, "evaluation") and settings.also_score_sample:
+        attempt(run, "evaluation on the sample")
     return run

@@ -2,7 +2,7 @@
 back, the plain steps themselves off a float32 CPU (a GPU, half precision, ``LAB7_ENGINE=0``), else their twins:
 oneDNN linear layers (``onednn``); each pair's prompt run once, the LM head on scored positions only (``packed``);
 clipping folded into fused AdamW, a tied embedding's gradient in place (``step``), freed memory kept (``memory``);
-the reference's logits kept for the process (``reference``); unused weights parked on disk. The numbers are the
+unused weights parked on disk. The numbers are the
 core's to float32 rounding (``tests/test_engine.py``), and a student's function gets what the core gives it.
 """
 
@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 import torch
 
 from .memory import reuse_freed_memory
-from .reference import REFERENCE_LOGITS
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,6 @@ class Steps:
 
     response_logits: Callable | None = None  # (model, tokenizer, pairs, max_length) -> (logits, targets, side)
     optimizer_step: Callable | None = None  # (loss, optimizer, scaler, max_norm) -> None
-    reference_logits: Callable | None = None  # (ref, batches, amp) -> at(i): ref's logits [B, T, V] on batches[i]
     unused: Callable = lambda model: nullcontext()  # (model) -> a context without it (passed twice: kept)
 
 
@@ -64,7 +62,6 @@ def session(*models: torch.nn.Module, plain: Steps = Steps(), training: bool = F
                 stack.enter_context(step.tied_embedding_gradient_in_place(model))
         yield Steps(response_logits=plain.response_logits and packed.response_logits,
                     optimizer_step=plain.optimizer_step and step.optimizer_step,
-                    reference_logits=plain.reference_logits and REFERENCE_LOGITS,
                     unused=lambda model: nullcontext() if models.count(model) > 1 else weights_on_disk(model))
 
 
