@@ -574,7 +574,7 @@ print(f"Every model answered the {len(test_pairs)} held-out prompt(s). Judge the
 JUDGE_SAMPLE_TOO = False  # True: also judge the sample's held-out prompts (more prompts, a narrower interval)
 to_judge = generations[["prompt", "base", "dpo"]]
 if JUDGE_SAMPLE_TOO:
-    prompts = [pair["prompt"] for pair in lab.sample_held_out_pairs(train_pairs)]
+    prompts = [pair["prompt"] for pair in lab.sample_held_out_pairs(train_pairs + test_pairs)]  # each prompt once
     answers = {name: lab.generate(models[name], tokenizer, prompts, MAX_NEW_TOKENS, seed=SEED)
                for name in ("base", "dpo")}
     to_judge = pd.concat([to_judge, pd.DataFrame({"prompt": prompts, **answers})], ignore_index=True)

@@ -90,11 +90,12 @@ def test_few_pairs_note_and_intervals_for_reading():
     assert with_intervals(pd.DataFrame({"m": [-0.0004, -0.0006]}))["m"].tolist() == ["0.000", "-0.001"]
 
 
-def test_sample_held_out_pairs_leave_out_prompts_trained_on():
+def test_sample_held_out_pairs_leave_out_the_prompts_given():
     everything = sample_held_out_pairs([])
     assert 10 <= len(everything) < 121
-    trained = everything[:3]
+    trained, held_out = everything[:3], everything[5:6]
     assert sample_held_out_pairs(trained) == everything[3:]
+    assert sample_held_out_pairs(trained + held_out) == everything[3:5] + everything[6:]  # compared once
 
 
 def write_pairs(path, rows):

@@ -271,7 +271,7 @@ def evaluation(run: Run) -> None:
 
 
 def evaluation_on_the_sample(run: Run) -> None:
-    sample = sample_held_out_pairs(run.train, run.settings.test_fraction, run.settings.seed)
+    sample = sample_held_out_pairs(run.train + run.test, run.settings.test_fraction, run.settings.seed)
     run.note(f"Also scored on {len(sample)} held-out pairs of the bundled sample (its pairs whose prompt is among "
              "your training pairs are left out).")
     run.metrics_sample, run.generations_sample = evaluate(run, sample)

@@ -49,8 +49,9 @@ def with_intervals(metrics: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
                         index=metrics.index)
 
 
-def sample_held_out_pairs(train_pairs: Sequence[dict], test_fraction: float = 0.2, seed: int = 0) -> list[dict]:
+def sample_held_out_pairs(your_pairs: Sequence[dict], test_fraction: float = 0.2, seed: int = 0) -> list[dict]:
     """The bundled sample's held-out pairs (its split with ``test_fraction`` and ``seed``), leaving out any whose
-    prompt is among ``train_pairs``: more prompts to compare models on when your own file holds too few."""
-    seen = {p["prompt"] for p in train_pairs}
+    prompt is among ``your_pairs`` (pass the training pairs, and the held-out ones too where each prompt should be
+    compared once): more prompts to compare models on when your own file holds too few."""
+    seen = {p["prompt"] for p in your_pairs}
     return [p for p in split_pairs(load_pairs(BUNDLED_PAIRS), test_fraction, seed)[1] if p["prompt"] not in seen]
