@@ -272,8 +272,8 @@ def evaluation(run: Run) -> None:
 
 def evaluation_on_the_sample(run: Run) -> None:
     sample = sample_held_out_pairs(run.train + run.test, run.settings.test_fraction, run.settings.seed)
-    run.note(f"Also scored on {len(sample)} held-out pairs of the bundled sample (its pairs whose prompt is among "
-             "your training pairs are left out).")
+    run.note(f"Also scored on {len(sample)} held-out pairs of the bundled sample (its pairs whose prompt is in "
+             "your own file are left out, so that each prompt is compared once).")
     run.metrics_sample, run.generations_sample = evaluate(run, sample)
     run.save(run.metrics_sample, "metrics_sample.csv")
     save_generations(run.generations_sample, run.out / "generations_sample.jsonl")

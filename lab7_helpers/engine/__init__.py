@@ -2,8 +2,8 @@
 back, the plain steps themselves off a float32 CPU (a GPU, half precision, ``LAB7_ENGINE=0``), else their twins:
 oneDNN linear layers (``onednn``); each pair's prompt run once, the LM head on scored positions only (``packed``);
 clipping folded into fused AdamW, a tied embedding's gradient in place (``step``), freed memory kept (``memory``);
-unused weights parked on disk. The numbers are the
-core's to float32 rounding (``tests/test_engine.py``), and a student's function gets what the core gives it.
+unused weights parked on disk. The numbers are the core's to float32 rounding (``tests/test_engine.py``), and a
+student's function gets what the core gives it.
 """
 
 from __future__ import annotations
