@@ -80,7 +80,7 @@ FAST = os.environ.get("LAB7_FAST") == "1"
 SEED = 0
 KL_BETA, KL_LR, KL_STEPS = 0.05, 5e-5, 5 if FAST else 30
 SWEEP_BETAS = [0.0, 1.0] if FAST else [0.0, KL_BETA, 1.0]  # the two ends and the lab's beta; add your own
-NO_GRAD_BETAS = [0.0, 5.0]  # the no_grad demo: two betas far apart,
+NO_GRAD_BETAS = [0.0, 5.0]  # the no_grad demo: 0 first, then betas far from it,
 NO_GRAD_STEPS, NO_GRAD_PAIRS = 2 if FAST else 4, 4  # a few steps, a few pairs
 DPO_BETA, DPO_LR = 0.1, 5e-6
 DPO_EPOCHS = None  # None: enough passes over your pairs for 50 steps, at most 4 (see Part 2); the original lab: 1
@@ -303,7 +303,8 @@ lab.plot_beta_sweep(sweep)
 # ### The `no_grad` bug, live
 # The same sweep, short and on a few pairs, twice: with your loss, and with your loss after `.detach()` cuts its
 # KL off from autograd (what `@torch.no_grad()` on the KL function did in the original lab). The detached KL
-# still prints, yet every $\beta$ ends at the same point: its spread across betas is exactly 0.
+# still prints, yet every $\beta$ ends at the same point: its spread across betas is exactly 0. At $\beta = 0$
+# the two losses are one loss ($0 \times$ KL adds no gradient, detached or not), so that run serves both columns.
 
 # %%
 def kl_loss_detached(policy_logits, ref_logits, labels, beta):
@@ -315,12 +316,12 @@ def kl_loss_detached(policy_logits, ref_logits, labels, beta):
 # %%
 checks.require(checks.check_kl_loss(my_kl_regularized_loss))
 short = dict(lr=KL_LR, steps=NO_GRAD_STEPS, seed=SEED, progress=False)
-no_grad_demo = pd.concat({
-    "KL with gradient": lab.kl_beta_sweep(ref_model, tokenizer, train_pairs[:NO_GRAD_PAIRS], NO_GRAD_BETAS,
-                                          loss_fn=my_kl_regularized_loss, **short),
-    "KL detached": lab.kl_beta_sweep(ref_model, tokenizer, train_pairs[:NO_GRAD_PAIRS], NO_GRAD_BETAS,
-                                     loss_fn=kl_loss_detached, **short),
-}, axis=1)
+with_gradient = lab.kl_beta_sweep(ref_model, tokenizer, train_pairs[:NO_GRAD_PAIRS], NO_GRAD_BETAS,
+                                  loss_fn=my_kl_regularized_loss, **short)
+detached = lab.kl_beta_sweep(ref_model, tokenizer, train_pairs[:NO_GRAD_PAIRS], NO_GRAD_BETAS[1:],
+                             loss_fn=kl_loss_detached, **short)  # beta = 0: the run above
+no_grad_demo = pd.concat({"KL with gradient": with_gradient,
+                          "KL detached": pd.concat([with_gradient.loc[[0.0]], detached])}, axis=1)
 display(no_grad_demo)
 print("spread across betas (max - min):")
 print((no_grad_demo.max() - no_grad_demo.min()).unstack().to_string(float_format="%.3g"))

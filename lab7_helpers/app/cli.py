@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..sources.pair_files import PairFileError, load_pairs
+from ..sources.pair_files import load_pairs
 from .settings import ORIGINAL_LAB, LabSettings
 
 # torch and the lab's stages load only once the flags and files are known to be usable (run_command)
@@ -41,9 +41,14 @@ def _number(kind, valid: Callable[[float], bool], expected: str):
     return parse
 
 
+POSITIVE_INT = _number(int, lambda v: v >= 1, "a whole number >= 1")
+NON_NEGATIVE_INT = _number(int, lambda v: v >= 0, "a whole number >= 0")
+POSITIVE = _number(float, lambda v: v > 0, "a number > 0")
+NON_NEGATIVE = _number(float, lambda v: v >= 0, "a number >= 0")
+
+
 def _betas(text: str) -> list[float]:
-    parse = _number(float, lambda v: v >= 0, "a number >= 0")
-    return [parse(part) for part in text.split(",") if part.strip()]
+    return [NON_NEGATIVE(part) for part in text.split(",") if part.strip()]
 
 
 def _two_models(text: str) -> tuple[str, str]:
@@ -54,49 +59,46 @@ def _two_models(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``lab7 run`` and ``lab7 grade`` with every flag, validated as it is parsed."""
+    """``lab7 run``, ``lab7 judge`` and ``lab7 grade`` with every flag, validated as it is parsed."""
     parser = Parser(prog="lab7", description="Lab 7: KL-regularized fine-tuning and DPO.")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the whole lab (KL update, DPO, evaluation) and write a report",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    positive_int = _number(int, lambda v: v >= 1, "a whole number >= 1")
-    positive = _number(float, lambda v: v > 0, "a number > 0")
-    non_negative = _number(float, lambda v: v >= 0, "a number >= 0")
-    run.add_argument("--model", default=None, help="tiny-gpt2, smollm2-135m, a local folder or a Hub name "
+    run.add_argument("--model", help="tiny-gpt2, smollm2-135m, a local folder or a Hub name "
                      "(default: gpt2 if it can be loaded, else smollm2-135m)")
     run.add_argument("--pairs", default=DEFAULTS.pairs, help="JSONL file of prompt/chosen/rejected pairs")
     run.add_argument("--skip-bad-lines", action="store_true",
                      help="leave out the pairs file's bad lines (a note says how many, and names the first) instead "
                      "of stopping at them")
-    run.add_argument("--out", type=Path, default=None,
+    run.add_argument("--out", type=Path,
                      help="output folder (new or empty, unless --overwrite; default: runs/<time>-<model>)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the outputs of an earlier run in --out (other files there stay)")
-    run.add_argument("--seed", type=_number(int, lambda v: v >= 0, "a whole number >= 0"), default=DEFAULTS.seed)
+    run.add_argument("--seed", type=NON_NEGATIVE_INT, default=DEFAULTS.seed)
     run.add_argument("--test-fraction", type=_number(float, lambda v: 0 < v < 1, "a number between 0 and 1"),
                      default=DEFAULTS.test_fraction)
     run.add_argument("--max-length", default=DEFAULTS.max_length,
                      type=_number(int, lambda v: v >= 16, "a whole number >= 16 (tokens for template and response)"),
                      help="tokens per prompt + response (at most the model's context)")
-    run.add_argument("--kl-beta", type=non_negative, default=DEFAULTS.kl_beta)
-    run.add_argument("--kl-lr", type=positive, default=DEFAULTS.kl_lr)
-    run.add_argument("--kl-steps", type=positive_int, default=DEFAULTS.kl_steps)
+    run.add_argument("--kl-beta", type=NON_NEGATIVE, default=DEFAULTS.kl_beta)
+    run.add_argument("--kl-lr", type=POSITIVE, default=DEFAULTS.kl_lr)
+    run.add_argument("--kl-steps", type=POSITIVE_INT, default=DEFAULTS.kl_steps)
     run.add_argument("--kl-beta-sweep", type=_betas, default=[], metavar="B1,B2,...",
                      help="also run the KL update for each beta and plot NLL against KL, e.g. 0,0.05,0.2,1")
-    run.add_argument("--dpo-beta", type=positive, default=DEFAULTS.dpo_beta)
-    run.add_argument("--dpo-lr", type=positive, default=DEFAULTS.dpo_lr)
-    run.add_argument("--dpo-epochs", type=positive_int, default=None,
+    run.add_argument("--dpo-beta", type=POSITIVE, default=DEFAULTS.dpo_beta)
+    run.add_argument("--dpo-lr", type=POSITIVE, default=DEFAULTS.dpo_lr)
+    run.add_argument("--dpo-epochs", type=POSITIVE_INT,
                      help="passes over the training pairs (default: scaled with the data, said in the output)")
     run.add_argument("--original-settings", action="store_true",
                      help="the original lab's settings where today's defaults differ: " + ", ".join(
                          f"--{name.replace('_', '-')} {value}" for name, value in ORIGINAL_LAB.items()))
-    run.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size)
-    run.add_argument("--max-new-tokens", type=positive_int, default=DEFAULTS.max_new_tokens)
-    run.add_argument("--temperature", type=non_negative, default=DEFAULTS.temperature, help="0 = greedy")
+    run.add_argument("--batch-size", type=POSITIVE_INT, default=DEFAULTS.batch_size)
+    run.add_argument("--max-new-tokens", type=POSITIVE_INT, default=DEFAULTS.max_new_tokens)
+    run.add_argument("--temperature", type=NON_NEGATIVE, default=DEFAULTS.temperature, help="0 = greedy")
     run.add_argument("--top-p", type=_number(float, lambda v: 0 < v <= 1, "a number > 0 and <= 1"),
                      default=DEFAULTS.top_p)
     run.add_argument("--with-trl", action="store_true", help="also train a DPO model with TRL's DPOTrainer")
-    run.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    run.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     run.add_argument("--also-score-sample", action="store_true",
                      help="also evaluate on the bundled sample's held-out pairs (for files with few prompts)")
 
@@ -105,8 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("run_dir", type=Path, help="the folder of a lab7 run (it holds generations.jsonl)")
     judge.add_argument("--models", type=_two_models, default=("base", "dpo"), metavar="OTHER,MODEL",
                        help="the two models: the second one's win rate against the first")
-    judge.add_argument("--seed", type=_number(int, lambda v: v >= 0, "a whole number >= 0"), default=0,
-                       help="the left/right order")
+    judge.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="the left/right order")
     judge.add_argument("--overwrite", action="store_true", help="replace an earlier judgments.csv")
     judge.add_argument("--with-sample", action="store_true",
                        help="also judge the answers on the bundled sample's prompts (a run with --also-score-sample)")
@@ -115,12 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "collected for manual grading", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     grade.add_argument("submissions", nargs="+", help=".ipynb or exported .json files, or folders holding them")
     grade.add_argument("--out", type=Path, required=True, help="folder for grades.csv, answers.csv, grading.html")
-    grade.add_argument("--rubric", default=None, help="your copy of the rubric (default: the bundled rubric.toml)")
-    grade.add_argument("--timeout", type=positive_int, default=120, help="seconds per submission")
-    grade.add_argument("--memory-gb", type=positive, default=4.0, help="memory limit per submission")
+    grade.add_argument("--rubric", help="your copy of the rubric (default: the bundled rubric.toml)")
+    grade.add_argument("--timeout", type=POSITIVE_INT, default=120, help="seconds per submission")
+    grade.add_argument("--memory-gb", type=POSITIVE, default=4.0, help="memory limit per submission")
     grade.add_argument("--no-sandbox", action="store_true",
                        help="run the students' code without bubblewrap (only for a class you trust)")
-    grade.add_argument("--manual", type=Path, default=None, metavar="scores.csv",
+    grade.add_argument("--manual", type=Path, metavar="scores.csv",
                        help="Checkpoint points exported from grading.html, merged into grades.csv")
     return parser
 
@@ -139,14 +140,19 @@ def quiet_libraries() -> None:
     logging.getLogger("trl").setLevel(logging.ERROR)
 
 
+def fail(problem: str) -> int:
+    """``problem`` as one line on stderr; returns the exit status 2."""
+    print(f"lab7: error: {problem}", file=sys.stderr)
+    return 2
+
+
 def grade_command(args) -> int:
     """``lab7 grade``: 0 when every file was graded (whatever the grades), 2 for bad arguments or rubric."""
     from ..grading.grade import DEFAULT_RUBRIC, Limits, grade
 
     missing = [p for p in args.submissions + ([str(args.manual)] if args.manual else []) if not Path(p).exists()]
     if missing:
-        print(f"lab7: error: not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        return fail(f"not found: {', '.join(missing)}")
     limits = Limits(wall_seconds=args.timeout, memory_gb=args.memory_gb)
     if args.no_sandbox:
         print("lab7: WARNING: --no-sandbox: the students' code runs WITHOUT the bubblewrap sandbox and can read "
@@ -156,8 +162,7 @@ def grade_command(args) -> int:
         grades = grade(args.submissions, args.out, args.rubric or DEFAULT_RUBRIC, limits,
                        sandboxed=not args.no_sandbox, manual=args.manual)
     except ValueError as err:
-        print(f"lab7: error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     print(grades[["status", "total", "max", "problem"]].to_string())
     unscored = grades["not graded by hand"].astype(bool).sum() if "not graded by hand" in grades else 0
     if unscored:
@@ -210,29 +215,21 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if isinstance(stop, Terminated) else 130
     except (OSError, ValueError) as err:  # a bad pairs file (PairFileError), too few pairs, a model that failed to load
-        print(f"lab7: error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     except Exception as err:  # anything else still ends in one sentence, never a traceback
-        print(f"lab7: error: {type(err).__name__}: {' '.join(str(err).split())[:300]}", file=sys.stderr)
-        return 2
+        return fail(f"{type(err).__name__}: {' '.join(str(err).split())[:300]}")
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
 
 
 def run_command(args) -> int:
     """``lab7 run`` once the flags are parsed; sets ``args.out`` to the output folder as soon as it is known."""
-    problem = check_run_paths(args)
-    if problem:
-        print(f"lab7: error: {problem}", file=sys.stderr)
-        return 2
-    try:
-        with warnings.catch_warnings():  # a bad file stops here, in a second; run_lab reads it again and notes them
-            warnings.simplefilter("ignore")
-            load_pairs(args.pairs, on_error="skip" if args.skip_bad_lines else "raise",
-                       skip_hint="add --skip-bad-lines")
-    except PairFileError as err:
-        print(f"lab7: error: {err}", file=sys.stderr)
-        return 2
+    if problem := check_run_paths(args):
+        return fail(problem)
+    # a bad pairs file (PairFileError) stops here, in a second; run_lab reads it again and notes its warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_pairs(args.pairs, on_error="skip" if args.skip_bad_lines else "raise", skip_hint="add --skip-bad-lines")
     try:  # torch loads here, for seconds: Ctrl-C meanwhile ends like Ctrl-C later on, without a traceback
         quiet_libraries()
         from .hub import check_model_available, default_model
@@ -244,11 +241,8 @@ def run_command(args) -> int:
     if args.model is None:  # default_model only picks a model it can load
         args.model, why = default_model()
         print(f"lab7: using model {args.model} ({why}; choose another with --model)", file=sys.stderr)
-    else:
-        problem = check_model_available(args.model)
-        if problem:
-            print(f"lab7: error: {problem}", file=sys.stderr)
-            return 2
+    elif problem := check_model_available(args.model):
+        return fail(problem)
     args.out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(args.model).name}"
     if args.original_settings:
         for name, value in ORIGINAL_LAB.items():

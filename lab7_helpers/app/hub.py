@@ -35,8 +35,7 @@ def in_hub_cache(name: str) -> bool:
 
 
 def default_model() -> tuple[str, str]:
-    """``("gpt2", why)`` when GPT-2 is in the Hugging Face cache or the Hub answers within a few seconds,
-    else ``("smollm2-135m", why)``."""
+    """``(model, why)``: gpt2 when it is cached or the Hub answers within a few seconds, else smollm2-135m."""
     if in_hub_cache("gpt2"):
         return "gpt2", "found gpt2 in the Hugging Face cache"
     if hub_reachable():

@@ -11,10 +11,14 @@ import html
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 from ..judging import CHOICES, COLUMNS, BlindPair, blind_pairs, blind_summary, judgement, summary_text
+from ..outputs import save_csv
 
 SCRIPTED = {"longer": lambda p: "t" if len(p.left.split()) == len(p.right.split()) else
             "a" if len(p.left.split()) > len(p.right.split()) else "b",
@@ -54,17 +58,13 @@ class BlindJudging:
         else:
             print(summary_text(self.summary))
         record = {"lab7": "report", "judgements": self.rows, **reported}
-        _display({"text/plain": f"(recorded for your hand-in: {len(self.rows)} judgement(s))",
-                  "application/json": record})
+        try:
+            from IPython.display import display
+        except ImportError:  # no notebook to record it in
+            return record
+        display({"text/plain": f"(recorded for your hand-in: {len(self.rows)} judgement(s))",
+                 "application/json": record}, raw=True)
         return record
-
-
-def _display(bundle: dict) -> None:
-    try:
-        from IPython.display import display
-    except ImportError:
-        return
-    display(bundle, raw=True)
 
 
 def judge_blind(generations, models: tuple[str, str] = ("base", "dpo"), seed: int = 0,
@@ -79,20 +79,9 @@ def judge_blind(generations, models: tuple[str, str] = ("base", "dpo"), seed: in
             raise ValueError(f"LAB7_JUDGE must be one of {', '.join(SCRIPTED)}, not {judge!r}")
         judging.choices.update({i: SCRIPTED[judge](p) for i, p in enumerate(judging.pairs) if i not in judging.choices})
         print(f"Judged by the scripted judge {judge!r} (LAB7_JUDGE): for tests and dry runs, not your own judgement.")
-    elif _has_widgets():
-        _widget(judging)
-    else:
+    elif not _widget(judging):
         judge_in_text(judging)
     return judging
-
-
-def _has_widgets() -> bool:
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None and hasattr(get_ipython(), "kernel")
 
 
 def judge_in_text(judging: BlindJudging, read: Callable[[str], str] = input, write: Callable = print) -> None:
@@ -101,7 +90,8 @@ def judge_in_text(judging: BlindJudging, read: Callable[[str], str] = input, wri
     for i, pair in enumerate(judging.pairs):
         if i in judging.choices:
             continue
-        write(f"\n--- {i + 1} of {len(judging.pairs)} ---\nPrompt: {pair.prompt}\n\nA: {pair.left}\n\nB: {pair.right}\n")
+        write(f"\n--- {i + 1} of {len(judging.pairs)} ---\nPrompt: {pair.prompt}\n\n"
+              f"A: {pair.left}\n\nB: {pair.right}\n")
         while True:
             try:
                 answer = read("Which is better: a, b or t (tie)? ").strip().lower()
@@ -118,21 +108,25 @@ def judge_in_text(judging: BlindJudging, read: Callable[[str], str] = input, wri
             write(ASK_AGAIN)
 
 
-def _widget(judging: BlindJudging) -> None:
-    import ipywidgets as w
-    from IPython.display import display
-
+def _widget(judging: BlindJudging) -> bool:
+    """Show the judging widget; False (nothing shown) outside a notebook kernel with ipywidgets."""
+    try:
+        import ipywidgets as w
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return False
+    if get_ipython() is None or not hasattr(get_ipython(), "kernel"):
+        return False
     status, result = w.HTML(), w.Output()
 
-    def update(_=None) -> None:
+    def update() -> None:
         status.value = f"<b>{len(judging.choices)} of {len(judging.pairs)} judged</b>"
 
-    def choose(i: int) -> Callable:
-        def on_change(change) -> None:
-            if change["new"] is not None:
-                judging.choices[i] = change["new"]
-                update()
-        return on_change
+    def choose(i: int, change) -> None:
+        if change["new"] is not None:
+            judging.choices[i] = change["new"]
+            update()
 
     boxes = []
     for i, pair in enumerate(judging.pairs):
@@ -143,7 +137,7 @@ def _widget(judging: BlindJudging) -> None:
             pick = w.HTML("<i>The two answers are identical: a tie.</i>")
         else:
             pick = w.ToggleButtons(options=[("A is better", "a"), ("B is better", "b"), ("Tie", "t")], value=None)
-            pick.observe(choose(i), names="value")
+            pick.observe(partial(choose, i), names="value")
         boxes.append(w.VBox([w.HTML(f"<h4>Prompt {i + 1}: {html.escape(pair.prompt)}</h4>"), answers, pick]))
     finish = w.Button(description="Finish: show which model was which", layout=w.Layout(width="320px"))
 
@@ -158,6 +152,7 @@ def _widget(judging: BlindJudging) -> None:
     finish.on_click(on_finish)
     update()
     display(w.VBox([*boxes, status, finish, result]))
+    return True
 
 
 def judge_run(run_dir: Path, models: tuple[str, str] = ("base", "dpo"), seed: int = 0, overwrite: bool = False,
@@ -175,13 +170,12 @@ def judge_run(run_dir: Path, models: tuple[str, str] = ("base", "dpo"), seed: in
     elif out.exists() and not overwrite:
         problem = f"{out} exists already: add --overwrite to judge again and replace it"
     else:
-        source = sources[0]
-        rows = [json.loads(line) for source_file in sources
-                for line in source_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for source in sources
+                for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
         unknown = [m for m in models if not rows or m not in rows[0]]
         if unknown:
             known = ", ".join(k for k in (rows[0] if rows else {}) if k != "prompt")
-            problem = f"no model {', '.join(unknown)} in {source} (it has {known})"
+            problem = f"no model {', '.join(unknown)} in {sources[0]} (it has {known})"
     if problem:
         print(f"lab7: error: {problem}", file=sys.stderr)
         return 2
@@ -189,10 +183,6 @@ def judge_run(run_dir: Path, models: tuple[str, str] = ("base", "dpo"), seed: in
     write(f"{len(judging.pairs)} prompts, two answers each (A and B, in a random order). Pick the better one by "
           "your own criterion; the models are named at the end.")
     judge_in_text(judging, read, write)
-    import pandas as pd
-
-    from ..outputs import save_csv
-
     save_csv(pd.DataFrame(judging.rows, columns=COLUMNS).set_index("prompt"), out)
     write("\n" + summary_text(judging.summary) + f"\n\nJudgements: {out}")
     return 0

@@ -33,12 +33,13 @@ def plot_dpo_history(history: pd.DataFrame, title: str = "DPO") -> Figure:
     """DPO loss, implicit rewards and reward accuracy per step (``train_dpo`` or ``train_dpo_trl``), and, where the
     history has them (``train_dpo``), the log-probs of chosen and rejected relative to the reference: a chosen
     curve below the dashed 0 line is likelihood displacement."""
-    smooth = history.rolling(max(1, len(history) // 10), min_periods=1).mean()
+    window = max(1, len(history) // 10)
+    smooth = history.rolling(window, min_periods=1).mean()
     panels = [("loss", ["loss"]), ("implicit rewards", ["rewards/chosen", "rewards/rejected", "rewards/margins"]),
               ("reward accuracy", ["rewards/accuracies"])]
     if "logps_vs_ref/chosen" in history:
         panels.append(("log-prob - reference's (summed)", ["logps_vs_ref/chosen", "logps_vs_ref/rejected"]))
-    return _curves(smooth, panels, f"{title} (running mean over {max(1, len(history) // 10)} steps)",
+    return _curves(smooth, panels, f"{title} (running mean over {window} steps)",
                    zero_line=("implicit rewards", "log-prob - reference's (summed)"))
 
 

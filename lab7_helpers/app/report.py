@@ -3,9 +3,9 @@ atomically (to a temporary name, then renamed), so an interrupted run never leav
 
 from __future__ import annotations
 
-import html
 import io
 import json
+from html import escape as esc
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +33,6 @@ def _table(frame: pd.DataFrame) -> str:
 
 def _text_table(frame: pd.DataFrame) -> str:
     """Texts as an HTML table that keeps their line breaks (``DataFrame.to_html`` writes a literal ``\\n``)."""
-    esc = html.escape
     head = "".join(f"<th>{esc(str(c))}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
@@ -50,7 +49,6 @@ def _evaluation(title: str, metrics: pd.DataFrame, figure: str) -> str:
 def render_report(run) -> str:
     """An HTML page for ``run`` (``run.Run``): its notes, failures and stages, the settings that ran, the data card,
     and each finished stage's results and figures."""
-    esc = html.escape
     parts = [f"<h1>Lab 7 run: {esc(run.settings.model)}</h1>"]
     parts += [f'<p class="note">{esc(note)}</p>' for note in run.notes]
     failures = {failure.stage: failure for failure in run.failures}

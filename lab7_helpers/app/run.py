@@ -104,10 +104,10 @@ class Run:
 
 
 def planned_stages(settings: LabSettings) -> list[str]:
-    """The stages a run with ``settings`` goes through, in order (the report lists which finished)."""
-    return (["KL update"] + (["beta sweep"] if settings.kl_beta_sweep else []) + ["DPO"]
-            + (["DPO (TRL)"] if settings.with_trl else []) + ["evaluation"]
-            + (["evaluation on the sample"] if settings.also_score_sample else []))
+    """The stages a run with ``settings`` goes through, in ``STAGES``' order (the report lists which finished)."""
+    optional = {"beta sweep": settings.kl_beta_sweep, "DPO (TRL)": settings.with_trl,
+                "evaluation on the sample": settings.also_score_sample}
+    return [stage for stage in STAGES if optional.get(stage, True)]
 
 
 def displacement_note(where: str, chosen: float, rejected: float) -> str:
@@ -178,9 +178,9 @@ def prepare_data(run: Run) -> None:
              f"{run.dpo_epochs * run.steps_per_pass} steps"
              + ("." if settings.dpo_epochs else f" (scaled with the data: at least {DPO_MIN_STEPS} steps, "
                 f"at most {DPO_MAX_EPOCHS} passes; --dpo-epochs N or --original-settings to choose)."))
-    if few_pairs_note(len(run.test)):
-        run.note(few_pairs_note(len(run.test)) + ("" if settings.also_score_sample else
-                 " Add --also-score-sample to also score the bundled sample's held-out pairs."))
+    if few := few_pairs_note(len(run.test)):
+        run.note(few + ("" if settings.also_score_sample else
+                        " Add --also-score-sample to also score the bundled sample's held-out pairs."))
     if settings.model == TINY_GPT2:
         run.note("tiny-gpt2 has random weights: its text is gibberish and its numbers only show that "
                  "the pipeline works. Use smollm2-135m or gpt2 for real results.")
@@ -253,17 +253,20 @@ def dpo_trl(run: Run) -> None:
                dpo_vs_trl=plot_dpo_comparison(histories))
 
 
-def evaluate(run: Run, held_out: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def evaluate(run: Run, held_out: list[dict], suffix: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every model on ``held_out``: the metrics and generations, saved as ``metrics{suffix}.csv`` and
+    ``generations{suffix}.jsonl``."""
     s = run.settings
-    return evaluate_models(run.models, run.ref, run.tokenizer, held_out, beta=s.dpo_beta, seed=s.seed,
-                           max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                           max_length=run.max_length, progress=run.progress)
+    metrics, generations = evaluate_models(run.models, run.ref, run.tokenizer, held_out, beta=s.dpo_beta,
+                                           seed=s.seed, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                           top_p=s.top_p, max_length=run.max_length, progress=run.progress)
+    run.save(metrics, f"metrics{suffix}.csv")
+    save_generations(generations, run.out / f"generations{suffix}.jsonl")
+    return metrics, generations
 
 
 def evaluation(run: Run) -> None:
     run.metrics, run.generations = evaluate(run, run.test)
-    run.save(run.metrics, "metrics.csv")
-    save_generations(run.generations, run.out / "generations.jsonl")
     if "dpo" in run.models:
         dpo_row = run.metrics.loc["dpo"]
         run.note(displacement_note("held-out pairs", dpo_row["chosen_logp_vs_ref"], dpo_row["rejected_logp_vs_ref"]))
@@ -274,9 +277,7 @@ def evaluation_on_the_sample(run: Run) -> None:
     sample = sample_held_out_pairs(run.train + run.test, run.settings.test_fraction, run.settings.seed)
     run.note(f"Also scored on {len(sample)} held-out pairs of the bundled sample (its pairs whose prompt is in "
              "your own file are left out, so that each prompt is compared once).")
-    run.metrics_sample, run.generations_sample = evaluate(run, sample)
-    run.save(run.metrics_sample, "metrics_sample.csv")
-    save_generations(run.generations_sample, run.out / "generations_sample.jsonl")
+    run.metrics_sample, run.generations_sample = evaluate(run, sample, "_sample")
     run.finish("evaluation on the sample", metrics_sample=plot_metrics(run.metrics_sample))
 
 
@@ -304,12 +305,9 @@ def attempt(run: Run, stage: str) -> bool:
 
 
 def run_lab(settings: LabSettings, out: Path, progress: bool = True, overwrite: bool = False) -> Run:
-    """Run every stage, writing outputs into ``out`` (which must not exist yet, or be empty) as each finishes.
-
-    Files: ``report.html``, ``settings.json``, ``history_kl.csv``, ``history_dpo.csv`` (and ``history_dpo_trl.csv``,
-    ``beta_sweep.csv``), ``data_card.csv``, ``metrics.csv``, ``generations.jsonl`` (and ``metrics_sample.csv``,
-    ``generations_sample.jsonl``) and one PNG per plot. The report is rewritten after each stage and lists which
-    stages finished. ``overwrite``: first delete an earlier run's outputs.
+    """Run every stage, writing its outputs (``OUTPUT_FILES``, those of the stages planned) into ``out`` (which must
+    not exist yet, or be empty) as each finishes. The report is rewritten after each stage and lists which stages
+    finished. ``overwrite``: first delete an earlier run's outputs.
 
     A stage that fails ends training: the evaluation runs on the models that finished, every output so far stays,
     and ``run.failures`` (also in the report) says which stage failed and why.

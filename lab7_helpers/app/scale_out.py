@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab7_helpers.app.scale_out",
                                      description="DPO with TRL's DPOTrainer on every process accelerate starts.")
     parser.add_argument("--model", default="gpt2", help="tiny-gpt2, smollm2-135m, a local folder or a Hub name")
@@ -28,11 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="history_dpo_trl.csv", help="CSV of the per-step history")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     import torch
     from accelerate import PartialState
 

@@ -34,9 +34,8 @@ def dpo_dataset(pairs: Sequence[dict]):
 
 def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
                      epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
-                     output_dir: str | None = None, dataset=None, **config_overrides):
-    """A fresh ``DPOConfig`` and ``DPOTrainer`` for ``policy`` against the frozen ``ref``, on ``dataset``
-    (default: ``dpo_dataset(pairs)``).
+                     output_dir: str | None = None, **config_overrides):
+    """A fresh ``DPOConfig`` and ``DPOTrainer`` for ``policy`` against the frozen ``ref``, on ``dpo_dataset(pairs)``.
 
     Only the lab's settings are passed, and the precision for the device (TRL's default bf16 fails on most
     CPUs); the rest stays at TRL's defaults. A new config per trainer: a shared one can fail with
@@ -62,7 +61,7 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=False,
         use_cpu=device.type == "cpu", **precision_flags(device), **config_overrides)
     trainer = trl.DPOTrainer(model=policy, ref_model=ref, args=config, processing_class=tokenizer,
-                             train_dataset=dpo_dataset(pairs) if dataset is None else dataset)
+                             train_dataset=dpo_dataset(pairs))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgress)
     return trainer
@@ -70,15 +69,15 @@ def make_dpo_trainer(policy, ref, tokenizer, pairs: Sequence[dict], beta: float 
 
 def train_dpo_trl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.1, lr: float = 5e-6,
                   epochs: int = 1, batch_size: int = 1, seed: int = 0, max_length: int = 256,
-                  loss_type: str = "sigmoid", dataset=None) -> pd.DataFrame:
-    """Train ``policy`` in place with TRL's ``DPOTrainer``; ``train_dpo``'s arguments (and ``dataset``).
+                  loss_type: str = "sigmoid") -> pd.DataFrame:
+    """Train ``policy`` in place with TRL's ``DPOTrainer``; ``train_dpo``'s arguments.
 
     Returns a row per optimizer step: ``loss`` and TRL's ``rewards/*`` (with transformers 4.x the Trainer rounds
     the logged ``loss`` to 4 decimals).
     """
     with tempfile.TemporaryDirectory(prefix="lab7_trl_") as output_dir:  # TRL wants a folder; leave nothing behind
         trainer = make_dpo_trainer(policy, ref, tokenizer, pairs, beta, lr, epochs, batch_size, seed, max_length,
-                                   output_dir=output_dir, dataset=dataset, loss_type=loss_type)
+                                   output_dir=output_dir, loss_type=loss_type)
         try:
             with engine.reuse_freed_memory():  # the lab's CPU memory setting, so that only the loops differ
                 trainer.train()

@@ -8,7 +8,7 @@ rate, how often the class picked the longer answer, and the shortcuts the data c
 
 from __future__ import annotations
 
-import html
+from html import escape as esc
 from collections import Counter
 
 import pandas as pd
@@ -45,12 +45,12 @@ def _reported(report: dict | None, key: str) -> str:
 
 def render_class(reports: dict[str, dict | None], answers: pd.DataFrame) -> str:
     """The page for ``reports`` (student -> the report their notebook recorded, or None) and answers.csv."""
-    esc = html.escape
-    rows, summaries, shortcuts = [], [], Counter()
+    rows, summaries, everyone, shortcuts = [], [], [], Counter()
     for student, report in reports.items():
         blind, summary = _blind(report)
         if summary:
             summaries.append(summary)
+            everyone += report["judgements"]
         shortcut = str((report or {}).get("shortcut") or "")
         if shortcut:
             shortcuts[shortcut.split(":")[0].strip()] += 1
@@ -61,7 +61,6 @@ def render_class(reports: dict[str, dict | None], answers: pd.DataFrame) -> str:
                     f"<td class='reported'>{esc(_reported(report, 'reward_acc'))}</td>"
                     f"<td class='reported'>{esc(_reported(report, 'kl_to_ref'))}</td>"
                     f"<td class='answer'>{esc('' if pd.isna(answer) else str(answer))}</td></tr>")
-    everyone = [row for report in reports.values() if _blind(report)[1] for row in report["judgements"]]
     pooled = blind_summary(everyone) if everyone else None
     won = sum(s["win_rate"] > 0.5 for s in summaries)
     top = [f"<p>{len(summaries)} of {len(reports)} students recorded a blind judgement. DPO beat base by its "

@@ -26,7 +26,7 @@ import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import pandas as pd
@@ -80,9 +80,9 @@ def load_rubric(path: str | Path = DEFAULT_RUBRIC) -> dict:
     for key, item in rubric.get("checks", {}).items():
         if key not in checks.TODOS:
             raise ValueError(f"{path}: [checks.{key}] is not an automatic check (known: {', '.join(checks.TODOS)})")
-        if set(item) - {"title", "points"}:
-            raise ValueError(f"{path}: [checks.{key}] may set only title and points, not "
-                             f"{', '.join(sorted(set(item) - {'title', 'points'}))}")
+        extra = sorted(set(item) - {"title", "points"})
+        if extra:
+            raise ValueError(f"{path}: [checks.{key}] may set only title and points, not {', '.join(extra)}")
     for key, todo in checks.TODOS.items():
         item = {"todo": todo.cell, "title": todo.title, "points": todo.points, **rubric.get("checks", {}).get(key, {})}
         if isinstance(item["points"], bool) or not isinstance(item["points"], (int, float)) or item["points"] < 0:
@@ -105,15 +105,13 @@ class GradingRun:
         return random.Random(self.seed).sample(load_pairs(BUNDLED_PAIRS), GRADING_PAIRS)
 
 
-def _limit_resources(limits: Limits):
-    def apply() -> None:
-        memory = int(limits.memory_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_CPU, (limits.wall_seconds, limits.wall_seconds + 5))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * 2**20,) * 2)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-    return apply
+def _limit_resources(limits: Limits) -> None:
+    memory = int(limits.memory_gb * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.wall_seconds, limits.wall_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_mb * 2**20,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
 class WorkerFailed(Exception):
@@ -129,21 +127,20 @@ class Worker:
         self.deadline = time.monotonic() + limits.wall_seconds
         self._buffer = bytearray()
         self._stderr = tempfile.TemporaryFile()
-        module = ["-m", "lab7_helpers.grading.worker"]
+        module, env = ["-m", "lab7_helpers.grading.worker"], sandbox.environment()
+        self._seccomp = sandbox.seccomp_file() if sandboxed else None
+        fds = [self._seccomp.fileno()] if self._seccomp else []
         if sandboxed:
-            self._seccomp = sandbox.seccomp_file()
-            fds = [self._seccomp.fileno()] if self._seccomp else []
-            argv, env, self._workdir = sandbox.command(module, fds[0] if fds else None), sandbox.environment(), None
+            argv, self._workdir = sandbox.command(module, fds[0] if fds else None), None
         else:
-            self._seccomp, fds = None, []
             self._workdir = tempfile.TemporaryDirectory(prefix="lab7_grade_")
-            env = {**sandbox.environment(), "HOME": self._workdir.name,
-                   "PYTHONPATH": str(Path(sandbox.lab7_helpers.__file__).resolve().parents[1])}
+            package = Path(sandbox.lab7_helpers.__file__).resolve().parent
+            env.update(HOME=self._workdir.name, PYTHONPATH=str(package.parent))
             argv = [sys.executable, "-s", *module]
         self.process = subprocess.Popen(argv, env=env, cwd=self._workdir.name if self._workdir else None,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
                                         pass_fds=fds, start_new_session=True,
-                                        preexec_fn=_limit_resources(limits))
+                                        preexec_fn=partial(_limit_resources, limits))
 
     def request(self, message: dict | None, seconds: float | None = None) -> dict:
         """Send one request (None: just read, for the worker's first line); the reply as a dict, or WorkerFailed
@@ -155,8 +152,7 @@ class Worker:
             if message is not None:
                 self.process.stdin.write(json.dumps(message).encode() + b"\n")
                 self.process.stdin.flush()
-            line = self._read_line(deadline)
-            reply = json.loads(line)
+            reply = json.loads(self._read_line(deadline))
             if not isinstance(reply, dict):
                 raise ValueError("not a JSON object")
             return reply
@@ -197,8 +193,16 @@ class Worker:
             code = self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             return "it stopped answering"
+        if code < 0:
+            name = signal.Signals(-code).name
+            return {"SIGXCPU": "used more than its CPU time", "SIGKILL": "was killed (memory limit?)"}.get(
+                name, f"was stopped by {name}")
         self._stderr.seek(max(0, self._stderr.seek(0, os.SEEK_END) - 4096))
-        return _crash_reason(code, self._stderr.read().decode("utf-8", "replace"))
+        stderr = self._stderr.read().decode("utf-8", "replace")
+        last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or ["no message"]
+        if "MemoryError" in last[0] or "Cannot allocate" in stderr:
+            return "ran out of memory (limit reached)"
+        return f"crashed: {last[0][:200]}"
 
     def close(self) -> None:
         """Kill the whole process group (in the sandbox, everything in its PID namespace dies with it)."""
@@ -386,17 +390,6 @@ def run_checks(todos: dict[str, str], rubric: dict, limits: Limits, sandboxed: b
     return results, ""
 
 
-def _crash_reason(code: int, stderr: str) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name
-        return {"SIGXCPU": "used more than its CPU time", "SIGKILL": "was killed (memory limit?)"}.get(
-            name, f"was stopped by {name}")
-    last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or ["no message"]
-    if "MemoryError" in last[0] or "Cannot allocate" in stderr:
-        return "ran out of memory (limit reached)"
-    return f"crashed: {last[0][:200]}"
-
-
 def lab_answers_used(code: str, todo_cell: str) -> list[str]:
     """The lab's own functions that answer the checks of ``todo_cell`` (``Todo.answered_by``) and that ``code``
     calls (``lab.dpo_loss(...)``, or imported from ``lab7_helpers``): the checks cannot tell that from honest work."""
@@ -420,10 +413,10 @@ def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bo
                     "set aside": "; ".join(handin.set_aside)}
     answers: dict = {"student": handin.student}
     try:
-        grades, answers = _grade(handin, rubric, limits, sandboxed, run or GradingRun(), grades, answers)
+        _grade(handin, rubric, limits, sandboxed, run or GradingRun(), grades, answers)
     except Exception as err:  # noqa: BLE001 - a grader-side failure on this file must not stop the class
-        grades.update({"status": "not graded", "problem": f"could not be graded ({checks.describe_error(err)})"})
-        grades["problem"] = " ".join(grades["problem"].split())[:300]
+        problem = " ".join(f"could not be graded ({checks.describe_error(err)})".split())[:300]
+        grades.update(status="not graded", problem=problem)
         grades.update({f"{cid} {column}": value for cid in rubric["checks"]
                        for column, value in (("points", 0.0), ("hint", "not graded"))})
         grades.update(total=0.0, max=sum(c["points"] for c in rubric["checks"].values()))
@@ -433,10 +426,11 @@ def grade_submission(handin: Handin, rubric: dict, limits: Limits, sandboxed: bo
 
 
 def _grade(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool, run: GradingRun, grades: dict,
-           answers: dict) -> tuple[dict, dict]:
+           answers: dict) -> None:
+    """Fill in ``grades`` and ``answers`` (``grade_submission``'s rows) for ``handin``."""
     work = handin.work or {"lab": "not graded", "todos": {}, "todo_notes": {}, "answers": {}, "found": {},
                            "unplaced": [], "report": None}
-    if handin.work is None or work["lab"] != "lab 7":
+    if work["lab"] != "lab 7":
         grades["status"], grades["problem"] = work["lab"], handin.problem or LAB_PROBLEMS[work["lab"]]
         work["todos"] = {}
     try:
@@ -450,9 +444,8 @@ def _grade(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool, run: G
     missing, unplaced = answer_problems(work, rubric)
     if grades["status"] == "graded" and missing:
         grades["status"] = "answers missing"
-    lab_answers = {cell: lab_answers_used(code, cell) for cell, code in work["todos"].items()}
     called = [f"the {cell} TODO calls the lab's own {', '.join(names)}: read that cell"
-              for cell, names in lab_answers.items() if names]
+              for cell, code in work["todos"].items() if (names := lab_answers_used(code, cell))]
     grades["problem"] = "; ".join(p for p in (grades["problem"], missing, unplaced, *called) if p)
     total = 0.0
     for cid, check in rubric["checks"].items():
@@ -466,13 +459,12 @@ def _grade(handin: Handin, rubric: dict, limits: Limits, sandboxed: bool, run: G
         total += result["points"]
     grades["total"] = total
     grades["max"] = sum(c["points"] for c in rubric["checks"].values())
-    for key in [*rubric.get("checkpoints", {}), *(k for k in work["answers"] if k not in rubric.get("checkpoints", {}))]:
+    for key in dict.fromkeys([*rubric.get("checkpoints", {}), *work["answers"]]):
         answers[key] = work["answers"].get(key, "")  # the rubric's Checkpoints, then an original lab's own
         answers[f"{key} found"] = work["found"].get(key, "")
     answers["unplaced"] = "\n\n".join(work["unplaced"])
     judgements = (work.get("report") or {}).get("judgements")
     answers["blind result"] = summary_text(blind_summary(judgements)) if judgements else ""
-    return grades, answers
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -487,7 +479,8 @@ def grade(paths: list[str], out: Path, rubric_path: str | Path = DEFAULT_RUBRIC,
           workers: int = 2, progress: bool = True, sandboxed: bool = True,
           manual: str | Path | None = None) -> pd.DataFrame:
     """Grade every student (one row each); write ``grades.csv``, ``answers.csv``, ``grading.html`` and
-    ``class.html`` (the class's blind judgements, for the discussion) into ``out``. ``manual``: a ``scores.csv`` exported from grading.html, merged into grades.csv.
+    ``class.html`` (the class's blind judgements, for the discussion) into ``out``. ``manual``: a ``scores.csv``
+    exported from grading.html, merged into grades.csv.
 
     ``sandboxed=False`` runs the students' code without bubblewrap (only the audit hook and the limits): for a
     class you trust. ValueError (one sentence) when bubblewrap is needed but missing, or for a bad rubric.

@@ -79,7 +79,7 @@ def conflicts(identities: list[str], labels: list[list[str]], files: list[str]) 
                     found[i].append(f"the name typed in it, {clean_name(label)!r}, is that of another hand-in "
                                     f"({files[j]})")
                     found[j].append(f"{files[i]} (another hand-in) has this student's name typed in it")
-    for key, hands in typed.items():
+    for hands in typed.values():
         for i in hands:
             others = [files[j] for j in dict.fromkeys(hands) if j != i]
             if others:

@@ -74,9 +74,9 @@ def merge_scores(grades: pd.DataFrame, scores: dict[tuple[str, str], dict], rubr
     """grades.csv with, per Checkpoint, ``<id> points`` and ``<id> comment``; ``automatic`` (the automatic total),
     ``manual``, ``total`` = both, ``max`` = both maxima, and ``not graded by hand`` listing Checkpoints without
     points (so a missing score never reads as a silent zero)."""
-    unknown = sorted({(s, v["line"]) for (s, _), v in scores.items() if s not in grades.index}, key=lambda x: x[1])
+    unknown = [(v["line"], s) for (s, _), v in scores.items() if s not in grades.index]
     if unknown:
-        student, line = unknown[0]
+        line, student = min(unknown)
         raise ManualScoresError(f"{path}: line {line}: unknown student {student!r} (not among the "
                                 f"{len(grades)} graded: {', '.join(map(str, grades.index[:5]))}"
                                 f"{', ...' if len(grades) > 5 else ''})")

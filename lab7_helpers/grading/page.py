@@ -11,7 +11,7 @@ keeps all of it.
 
 from __future__ import annotations
 
-import html
+from html import escape as esc
 
 import pandas as pd
 
@@ -109,8 +109,8 @@ SCRIPT = r"""
 def shown(text: str) -> str:
     """``text`` for the page, escaped, cut at ``MAX_SHOWN`` characters with a note of its length."""
     if len(text) <= MAX_SHOWN:
-        return html.escape(text)
-    return (html.escape(text[:MAX_SHOWN]) + f"<span class='how'>... cut here: {len(text):,} characters in all "
+        return esc(text)
+    return (esc(text[:MAX_SHOWN]) + f"<span class='how'>... cut here: {len(text):,} characters in all "
             "(answers.csv has the whole text)</span>")
 
 
@@ -120,11 +120,10 @@ def _answer(answers: pd.Series, key: str) -> str:
     text = "" if pd.isna(text) else str(text)
     if not text:
         return "<span class='empty'>(empty)</span>"
-    return f"{shown(text)}<span class='how'>found: {html.escape(str(answers.get(f'{key} found', '')))}</span>"
+    return f"{shown(text)}<span class='how'>found: {esc(str(answers.get(f'{key} found', '')))}</span>"
 
 
 def _student_section(student: str, row: pd.Series, answers: pd.Series, rubric: dict) -> str:
-    esc = html.escape
     parts = [f"<section><h2 id='{esc(student, quote=True)}'>{esc(student)}: {row['total']:g} / {row['max']:g} "
              f"automatic points <small>({esc(str(row['status']))})</small></h2>"]
     if row["problem"]:
@@ -168,7 +167,6 @@ def _student_section(student: str, row: pd.Series, answers: pd.Series, rubric: d
 def render_grading(grades: pd.DataFrame, answers: pd.DataFrame, rubric: dict, storage_key: str = "") -> str:
     """The page: a summary table, then per student the automatic results and the Checkpoints to grade.
     ``storage_key`` names where the browser keeps the scores (the output folder: one class, one key)."""
-    esc = html.escape
     summary = grades[["status", "problem", "total", "max"]].rename(
         columns={"total": "automatic", "max": "of"}).to_html(border=0, classes="table", index_names=False)
     sections = "".join(_student_section(str(student), row, answers.loc[student], rubric)

@@ -6,9 +6,10 @@ tmpfs pages count against no process limit, so each is sized, and everything els
 is read-only); its own ``/proc``. Nothing else of the machine's files: not the submissions folder, the grader's
 output, the instructor's checkout or ``/etc``. It has its own network (no interfaces but an unconnected
 loopback), PID, IPC and UTS namespaces, no capabilities, a scrubbed environment that looks like Colab's (home
-``/root``, a random host name: code cannot tell the grader by its name), and it dies with the grader. A seccomp filter refuses every new process
-(``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``) while threads still work: ``RLIMIT_NPROC`` cannot do that,
-because the kernel does not apply it to root and counts every process of an ordinary user.
+``/root``, a random host name: code cannot tell the grader by its name), and it dies with the grader. A seccomp
+filter refuses every new process (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``) while threads still work:
+``RLIMIT_NPROC`` cannot do that, because the kernel does not apply it to root and counts every process of an
+ordinary user.
 """
 
 from __future__ import annotations
@@ -127,9 +128,8 @@ def seccomp_file():
 
 
 def check_available() -> None:
-    """Raise ValueError with one sentence when bwrap is missing or cannot create its sandbox here."""
-    if bwrap_path() is None:
-        raise ValueError(INSTALL_HINT)
+    """Raise ValueError with one sentence when bwrap is missing (from ``command``) or cannot create its sandbox
+    here."""
     result = subprocess.run(command(["-c", "pass"], None), env=environment(), capture_output=True, text=True,
                             timeout=60)
     if result.returncode != 0:

@@ -47,6 +47,7 @@ QUESTIONS_FILE = Path(__file__).with_name("questions.json")
 MATCH = 0.8  # word-level similarity for "the same question" (and 0.9 for "the lab's own text")
 LAB_TEXT_MATCH = 0.9
 NAME_PLACEHOLDERS = {"", "...", "your name", "your name here", "first last", "firstname lastname"}
+WORD = re.compile(r"[\w$\\^{}]+")  # a word of a question or of the lab's text (LaTeX's $, \, ^ and braces kept)
 
 
 class SubmissionError(ValueError):
@@ -59,7 +60,7 @@ def _text(source) -> str:
 
 def _words(text: str) -> list[str]:
     """Lower-case words without punctuation or markdown, so that ``**Checkpoint 1**`` and ``Checkpoint 1`` match."""
-    return re.findall(r"[\w$\\^{}]+", text.lower())
+    return WORD.findall(text.lower())
 
 
 def _without_prompt(text: str) -> str:
@@ -101,8 +102,8 @@ def _question_end(question: list[str], text: str) -> tuple[float, int, int] | No
     """Where ``question`` (its words) sits in ``text``: (similarity, start, end character), or None if not there.
     Only the start of ``text`` (``QUESTION_WINDOW``) is searched: a question opens its cell."""
     text = text[:QUESTION_WINDOW]
-    spans = [(m.start(), m.end()) for m in re.finditer(r"[\w$\\^{}]+", text.lower())]
-    words = [text.lower()[a:b] for a, b in spans]
+    spans = list(WORD.finditer(text.lower()))
+    words = [m[0] for m in spans]
     blocks = [b for b in SequenceMatcher(None, question, words, autojunk=False).get_matching_blocks() if b.size]
     matched = sum(b.size for b in blocks)
     if not blocks or matched < MATCH * len(question):
@@ -111,7 +112,7 @@ def _question_end(question: list[str], text: str) -> tuple[float, int, int] | No
     similarity = 2 * matched / (len(question) + last - first)
     if similarity < MATCH:
         return None
-    start, end = spans[first][0], spans[last - 1][1]
+    start, end = spans[first].start(), spans[last - 1].end()
     line_start = text.rfind("\n", 0, start) + 1
     if not re.search(r"\w", text[line_start:start]):  # "### " or "**" before the question's first word
         start = line_start
@@ -147,7 +148,7 @@ def find_answers(cells: list[dict], questions: dict[str, str], lab_text: list[st
     deadline = time.monotonic() + READ_SECONDS
     questions = {k: _words(q) for k, q in questions.items()}
     lab_text = {" ".join(_words(t)): _words(t) for t in lab_text}
-    by_metadata, by_position, position_how, unplaced = {}, {}, {}, []
+    by_metadata, by_position, unplaced = {}, {}, []  # by_position: checkpoint -> [(text, how it was found)]
     current = None  # the question whose answer region we are in
     for index, cell in enumerate(cells):
         if time.monotonic() > deadline:
@@ -167,8 +168,7 @@ def find_answers(cells: list[dict], questions: dict[str, str], lab_text: list[st
             before, after = _own_text(text[:start], lab_text)[1], _without_prompt(_own_text(text[end:], lab_text)[1])
             if before:
                 unplaced.append(f"cell {index + 1}, above the question of Checkpoint {key}: {before}")
-            current, by_position[key] = key, [after] if after else []
-            position_how[key] = ["question cell"] if after else []
+            current, by_position[key] = key, [(after, "question cell")] if after else []
             continue
         opens_with_lab_text, own = _own_text(text, lab_text)
         if opens_with_lab_text:
@@ -179,15 +179,14 @@ def find_answers(cells: list[dict], questions: dict[str, str], lab_text: list[st
         if current is None:
             unplaced.append(f"cell {index + 1}: {answer}")
         else:
-            by_position[current].append(answer)
-            if "cell after question" not in position_how[current]:
-                position_how[current].append("cell after question")
+            by_position[current].append((answer, "cell after question"))
     answers, how = {}, {}
     for key in [*questions, *(k for k in by_metadata if k not in questions)]:
         if by_metadata.get(key):
             answers[key], how[key] = by_metadata[key], "metadata"
         elif by_position.get(key):
-            answers[key], how[key] = "\n\n".join(by_position[key]), " + ".join(position_how[key])
+            answers[key] = "\n\n".join(text for text, _ in by_position[key])
+            how[key] = " + ".join(dict.fromkeys(way for _, way in by_position[key]))
         else:
             answers[key], how[key] = "", ""
     return answers, how, unplaced
@@ -243,13 +242,14 @@ def _with_own_definitions(todo: str, index: int, cells: list[dict], todo_names: 
         bound, used = _bound_and_used(ast.parse(_code(code)))
     except SyntaxError:
         return code, []  # running it reports the syntax error
-    needed = (used | set(TODO_DEFINES.get(todo, ()))) - bound - PROVIDED_NAMES - todo_names - set(dir(builtins))
+    known = PROVIDED_NAMES | todo_names | set(dir(builtins))  # never taken from the student's cells
+    needed = (used | set(TODO_DEFINES.get(todo, ()))) - bound - known
     above = [(i, s, src) for i in range(index) if cells[i].get("cell_type") == "code"
              for s, src in _statements(_text(cells[i].get("source")))]
     taken: set[int] = set()  # positions in ``above`` of the definitions to run first
     notes, seen = [], set()
     while needed - seen:
-        name = sorted(needed - seen)[0]
+        name = min(needed - seen)
         seen.add(name)
         defining = [(n, i, s, src) for n, (i, s, src) in enumerate(above) if name in _bound_and_used(s)[0]
                     and not isinstance(s, (ast.Expr, ast.For, ast.While, ast.If, ast.With))]
@@ -257,7 +257,7 @@ def _with_own_definitions(todo: str, index: int, cells: list[dict], todo_names: 
         if runnable:
             n, _, statement, _ = runnable[-1]
             taken.add(n)
-            needed |= _bound_and_used(statement)[1] - PROVIDED_NAMES - todo_names - set(dir(builtins))
+            needed |= _bound_and_used(statement)[1] - known
         elif defining:
             notes.append(f"uses {name}, which cell {defining[-1][1] + 1} defines by running code the grader does "
                          f"not run: define it in the TODO cell")
@@ -321,7 +321,7 @@ def extract(notebook: dict, checkpoints: list[str] | None = None) -> dict:
         ours["lab_text"])
     if not work["todos"] and not any(work["found"].values()) and not any(
             (c.get("metadata") or {}).get("checkpoint") or _question_end(_words(q), _text(c.get("source")))
-            for c in cells for q in lab_questions()["questions"].values()):
+            for c in cells for q in ours["questions"].values()):
         work["lab"] = "not lab 7"
     return work
 
@@ -425,8 +425,8 @@ def export_answers(path: str | Path = "lab7_answers.json", notebook_path: str | 
     work = extract(notebook)
     work["report"] = checked_report(report) or work["report"]
     path = Path(path)
-    path.write_text(json.dumps({"format": "lab7-answers", "student": student, **work}, indent=2, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+    text = json.dumps({"format": "lab7-answers", "student": student, **work}, indent=2, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
     empty = [k for k, v in work["answers"].items() if not v]
     print(f"Saved {len(work['answers'])} answers and {len(work['todos'])} TODO cells to {path}."
           + (f" Still empty: {', '.join(empty)}." if empty else ""))
@@ -448,15 +448,6 @@ class Handin:
     conflicts: list[str] = field(default_factory=list)  # sentences naming the other hand-ins its names collide with
 
 
-def checked(work: dict) -> dict:
-    """``work`` from ``read_submission``, after checking that its TODO code and answers are text."""
-    for field_name in ("todos", "answers"):
-        value = work.get(field_name)
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise SubmissionError(f"its {field_name} are not text (a changed notebook or answers file?)")
-    return work
-
-
 def collect(files: list[Path], checkpoints: list[str] | None = None) -> list[Handin]:
     """One ``Handin`` per identity (``identity.identities``), in file order: files of one identity are one
     student's attempts, and one is graded: a notebook over an answers file (it holds everything the answers file
@@ -465,7 +456,7 @@ def collect(files: list[Path], checkpoints: list[str] | None = None) -> list[Han
     groups: dict[str, list[Handin]] = {}
     for path, identity in zip(files, identities(files)):
         try:
-            handin = Handin(identity, path, checked(read_submission(path, checkpoints)))
+            handin = Handin(identity, path, read_submission(path, checkpoints))
         except SubmissionError as err:
             handin = Handin(identity, path, None, str(err))
         except Exception as err:  # noqa: BLE001 - odd metadata or fields of the wrong type cost this file alone
@@ -474,9 +465,8 @@ def collect(files: list[Path], checkpoints: list[str] | None = None) -> list[Han
         groups.setdefault(identity.casefold(), []).append(handin)
     out = []
     for handins in groups.values():
-        def rank(h: Handin) -> tuple:
-            return (h.work is not None, h.path.suffix == ".ipynb", h.path.stat().st_mtime)
-        winner = max(handins, key=rank)  # max keeps the first of equals
+        # the graded file: readable, then a notebook, then the newest; max keeps the first of equals
+        winner = max(handins, key=lambda h: (h.work is not None, h.path.suffix == ".ipynb", h.path.stat().st_mtime))
         for other in handins:
             if other is winner:
                 continue

@@ -34,7 +34,7 @@ import torch
 import lab7_helpers as lab
 from lab7_helpers import checks
 
-MAX_ITEMS = 100_000  # numbers or rows in one encoded value: far above what any check needs (the grader holds its own cap)
+MAX_ITEMS = 100_000  # numbers or rows in one encoded value: far above any check's need (the grader holds its own cap)
 FUNCTIONS: list = []  # the functions sent to the grader, by handle (their index)
 DTYPES = {str(t): t for t in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
                               torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
@@ -57,10 +57,8 @@ def encode(value, depth: int = 0):
     """Plain JSON for the kinds of values TODOs produce; tensors keep dtype, shape and whether they need a grad."""
     if depth > 8:
         raise Unencodable("nested too deeply")
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value  # NaN and infinities travel as JSON's NaN, Infinity
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value  # a float's NaN and infinities travel as JSON's NaN, Infinity
     if value is Ellipsis:
         return {"ellipsis": True}
     if isinstance(value, torch.Tensor):
@@ -88,15 +86,11 @@ def encode(value, depth: int = 0):
     return {"object": type(value).__name__}
 
 
-def decode_tensor(item: dict) -> torch.Tensor:
-    """A tensor from ``encode``'s form (the grader sends its inputs this way)."""
-    return torch.tensor(item["tensor"], dtype=DTYPES[item["dtype"]]).reshape(item["shape"])
-
-
 def decode_argument(item):
-    """The grader's inputs: numbers, strings, tensors (with requires_grad), lists and tuples of these."""
+    """The grader's inputs, in ``encode``'s form: numbers, strings, tensors (with requires_grad), lists and tuples
+    of these."""
     if isinstance(item, dict) and "tensor" in item:
-        tensor = decode_tensor(item)
+        tensor = torch.tensor(item["tensor"], dtype=DTYPES[item["dtype"]]).reshape(item["shape"])
         return tensor.requires_grad_(True) if item.get("requires_grad") else tensor
     if isinstance(item, dict) and ("list" in item or "tuple" in item):
         kind = list if "list" in item else tuple
@@ -144,8 +138,7 @@ def install_audit_hook(workdir: Path) -> None:
         if event in DENIED_EVENTS:
             raise PermissionError(f"the grader does not allow {event}")
         if event in PATH_EVENTS and args and isinstance(args[0], (str, bytes, os.PathLike)):
-            path = Path(os.fsdecode(args[0]))
-            path = (workdir / path if not path.is_absolute() else path).resolve()
+            path = (workdir / os.fsdecode(args[0])).resolve()  # an absolute path replaces workdir
             mode, flags = (args[1:2] or [None])[0], (args[2:3] or [0])[0]
             writing = event != "open" or any(c in str(mode or "r") for c in "wax+") or bool(
                 isinstance(flags, int) and flags & WRITE_FLAGS)
@@ -192,24 +185,20 @@ def main() -> None:
         request = json.loads(line)
         signal.alarm(timeout)
         try:
-            if "call" in request:
-                value = FUNCTIONS[int(request["call"])]
-            elif request["get"] in namespace:
-                value = namespace[request["get"]]
-            else:
-                raise NameError(f"name {request['get']!r} is not defined")
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
                 if "call" in request:
                     args = [decode_argument(a) for a in request["args"]]
                     inputs = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
-                    encoded = with_gradients(value(*args), inputs)
+                    message = {"value": with_gradients(FUNCTIONS[int(request["call"])](*args), inputs)}
+                elif request["get"] in namespace:
+                    message = {"value": encode(namespace[request["get"]])}
                 else:
-                    encoded = encode(value)
+                    raise NameError(f"name {request['get']!r} is not defined")
             signal.alarm(0)
-            reply({"value": encoded})
         except BaseException as err:  # noqa: BLE001
             signal.alarm(0)
-            reply({"error": [type(err).__name__, str(err)[:300]]})
+            message = {"error": [type(err).__name__, str(err)[:300]]}
+        reply(message)
 
 
 if __name__ == "__main__":
