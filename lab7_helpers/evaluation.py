@@ -88,8 +88,8 @@ def nll_and_kl(model, ref, tokenizer, pairs: Sequence[dict], max_length: int = 2
     batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
                for idx in length_sorted_batches(pairs, batch_size)]
     try:
-        ref_logits_at = reference_logits(ref, batches, nullcontext)  # the frozen reference's, as training's
-        with engine.session(model, ref):
+        with engine.session(model, ref, plain=engine.Steps(reference_logits=reference_logits)) as fast:
+            ref_logits_at = fast.reference_logits(ref, batches, nullcontext)  # the frozen reference's, as training's
             for i, batch in enumerate(batches):
                 labels = batch["labels"]
                 _, nll, kl = kl_regularized_loss(model_logits(model, batch), ref_logits_at(i), labels, beta=0.0)

@@ -118,8 +118,9 @@ def train_kl(policy, ref, tokenizer, pairs: Sequence[dict], beta: float = 0.05, 
     schedule = batches(len(pairs), batch_size, steps, seed)
     step_batches = [{k: v.to(device) for k, v in pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id).items()}
                     for idx in schedule]
-    ref_logits_at = reference_logits(ref, step_batches, amp)  # the frozen reference: no graph for it
-    with engine.session(policy, ref, training=True, plain=engine.Steps(optimizer_step=optimizer_step)) as fast:
+    plain = engine.Steps(reference_logits=reference_logits, optimizer_step=optimizer_step)
+    with engine.session(policy, ref, training=True, plain=plain) as fast:
+        ref_logits_at = fast.reference_logits(ref, step_batches, amp)  # the frozen reference: no graph for it
         for step, (idx, batch) in enumerate(tqdm(list(zip(schedule, step_batches)), desc=f"KL update (beta={beta})",
                                                  disable=not progress, unit="step"), start=1):
             with amp():

@@ -9,7 +9,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["bench_dpo.py", "bench_generate.py", "bench_main_job.py"])
+@pytest.mark.parametrize("script", ["bench_dpo.py", "bench_generate.py", "bench_main_job.py", "bench_sweep.py"])
 def test_benchmark_smoke_mode(script, monkeypatch, capsys):
     """Each script's ``main`` in this process (a fresh one would spend most of the test importing torch);
     ``bench_main_job`` still starts its two jobs as processes of their own."""

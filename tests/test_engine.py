@@ -4,6 +4,7 @@ and the whole main job against its outputs from before the engine was split off.
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from lab7_helpers import engine, trainable_copy
+from lab7_helpers import engine, freeze, trainable_copy
 from lab7_helpers.app.cli import main
 from lab7_helpers.data import encode_pair, pad_batch
 from lab7_helpers.engine import packed
-from lab7_helpers.scoring import response_logits
+from lab7_helpers.scoring import reference_logits, response_logits
 from lab7_helpers.training import batches, make_optimizer, optimizer_step, train_kl
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden_tiny_run"
@@ -82,6 +83,34 @@ def test_a_students_loss_receives_the_batches_logits_and_labels_on_a_cpu(tiny, t
                           tokenizer.pad_token_id)
         assert policy_shape == ref_shape == (*batch["input_ids"].shape, vocab)
         assert torch.equal(labels, batch["labels"])
+
+
+@pytest.mark.parametrize("make_model", ["tiny-gpt2", "llama"])
+def test_reference_logits_equal_the_core_and_the_transformer_runs_once_per_batch(make_model, tiny, tokenizer,
+                                                                                  pairs, tiny_llama):
+    """The engine's reference logits are the core's, bit for bit; a frozen reference's transformer runs once per
+    batch for the process, again once its weights are written in place; a reference that can train runs each time."""
+    ref = freeze(trainable_copy(tiny[0]) if make_model == "tiny-gpt2" else tiny_llama())  # none kept yet
+    encoded = [encode_pair(tokenizer, p["prompt"], p["chosen"]) for p in pairs]
+    batches = [pad_batch([e], tokenizer.pad_token_id) for e in encoded] + [pad_batch(encoded, tokenizer.pad_token_id)]
+    runs = []
+    ref.base_model.register_forward_hook(lambda *_: runs.append(1))
+    plain = engine.Steps(reference_logits=reference_logits)
+
+    def both_ways(model) -> None:
+        with engine.session(model, plain=plain) as fast:  # the same linear layers both ways
+            core = [reference_logits(model, batches, nullcontext)(i) for i in range(len(batches))]
+            for at in (fast.reference_logits(model, batches, nullcontext) for _ in range(2)):  # two trainings
+                assert all(torch.equal(at(i), logits) for i, logits in enumerate(core))
+
+    both_ways(ref)
+    assert len(runs) == 2 * len(batches)  # the core's pass, then the engine's first only
+    with torch.no_grad():
+        ref.get_output_embeddings().weight.mul_(1.5)  # written in place: tied to the input embedding too
+    both_ways(ref)
+    assert len(runs) == 4 * len(batches)
+    both_ways(trainable_copy(ref))  # can train: the core's function, each time
+    assert len(runs) == 7 * len(batches)
 
 
 def test_engine_step_equals_the_core_step(tiny):

@@ -1,8 +1,8 @@
 """The CPU speed engine, below the core: a loop hands ``session`` its plain steps (``Steps``) and calls what comes
 back, the plain steps themselves off a float32 CPU (a GPU, half precision, ``LAB7_ENGINE=0``), else their twins:
 oneDNN linear layers (``onednn``); each pair's prompt run once, the LM head on scored positions only (``packed``);
-clipping folded into fused AdamW, a tied embedding's gradient in place (``step``), freed memory kept (``memory``);
-unused weights parked on disk. The numbers are the core's to float32 rounding (``tests/test_engine.py``), and a
+a frozen reference's transformer run once per batch (``reference``); clipping folded into fused AdamW, a tied
+embedding's gradient in place (``step``), freed memory kept (``memory``); unused weights parked on disk. The numbers are the core's to float32 rounding (``tests/test_engine.py``), and a
 student's function gets what the core gives it.
 """
 
@@ -12,6 +12,7 @@ import os
 import tempfile
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,6 +26,7 @@ class Steps:
     """The steps a loop calls: the core's plain functions, or the engine's twins of them (None: not used)."""
 
     response_logits: Callable | None = None  # (model, tokenizer, pairs, max_length) -> (logits, targets, side)
+    reference_logits: Callable | None = None  # (ref, batches, amp) -> at(i), the logits [B, T, V] on batches[i]
     optimizer_step: Callable | None = None  # (loss, optimizer, scaler, max_norm) -> None
     unused: Callable = lambda model: nullcontext()  # (model) -> a context without it (passed twice: kept)
 
@@ -45,7 +47,7 @@ def session(*models: torch.nn.Module, plain: Steps = Steps(), training: bool = F
     if not applies(*models):
         yield plain
         return
-    from . import onednn, packed, step
+    from . import onednn, packed, reference, step
 
     # oneDNN keeps a compiled kernel per matrix shape (1024 by default): training meets a new shape at every
     # sequence length, and the kept kernels grow memory. oneDNN reads this when first used.
@@ -61,6 +63,8 @@ def session(*models: torch.nn.Module, plain: Steps = Steps(), training: bool = F
             if training and any(p.requires_grad for p in model.parameters()):
                 stack.enter_context(step.tied_embedding_gradient_in_place(model))
         yield Steps(response_logits=plain.response_logits and packed.response_logits,
+                    reference_logits=plain.reference_logits and partial(reference.reference_logits,
+                                                                         plain=plain.reference_logits),
                     optimizer_step=plain.optimizer_step and step.optimizer_step,
                     unused=lambda model: nullcontext() if models.count(model) > 1 else weights_on_disk(model))
 
