@@ -80,3 +80,14 @@ def test_nothing_imports_a_module_python_3_13_removed():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not {n.split(".")[0] for n in names} & REMOVED_IN_3_13, (path, names)
+
+
+def test_the_readme_gives_the_teaching_core_its_true_size():
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("The **teaching core**", 1)[1].split("Beside it", 1)[0]
+    modules = re.findall(r"^\| `(\w+\.py)` \|", section, re.M)
+    stated = int(re.search(r"\(([\d,]+) lines", section)[1].replace(",", ""))
+    assert len(modules) == 9 and all((PACKAGE / m).exists() for m in modules), modules
+    assert stated == sum(len((PACKAGE / m).read_text().splitlines()) for m in modules)
