@@ -1,6 +1,7 @@
 """Shared fixtures. Everything runs offline on ``tiny-gpt2`` (random weights, GPT-2's real tokenizer)."""
 
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # fail fast instead of waiting on a network that is not there
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,6 +34,12 @@ PAIRS = [
     {"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "It is 5, as everybody knows, no doubt about it."},
     {"prompt": "Say hello.", "chosen": "Hello! How can I help?", "rejected": "Go away."},
 ]
+
+
+@pytest.fixture(scope="session")
+def sandboxed() -> bool:
+    """Grade in the bubblewrap sandbox where it is installed (CI installs it); elsewhere as --no-sandbox does."""
+    return shutil.which("bwrap") is not None
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """A class of submissions built from the solution notebook, graded in sandboxed processes."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,6 @@ from lab7_helpers.grading.submissions import read_submission
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
 FULL_MARKS = sum(todo.points for todo in TODOS.values())  # the one table of TODO checks
-SANDBOXED = shutil.which("bwrap") is not None  # CI installs bubblewrap; without it, grade as --no-sandbox does
 
 
 def submission(**changes) -> dict:
@@ -43,7 +41,7 @@ def my_kl_regularized_loss(policy_logits, ref_logits, labels, beta):
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def graded(tmp_path_factory, sandboxed):
     folder = tmp_path_factory.mktemp("class")
     sibling = folder / "alice.ipynb"
     class_ = {
@@ -59,7 +57,7 @@ def graded(tmp_path_factory):
         (folder / f"{name}.ipynb").write_text(json.dumps(notebook))
     (folder / "henry_notebook.ipynb").write_text("this is not a notebook")
     grades = grade([str(folder)], folder / "out", limits=Limits(wall_seconds=60, todo_seconds=3), progress=False,
-                   sandboxed=SANDBOXED)
+                   sandboxed=sandboxed)
     return folder, grades
 
 
@@ -102,14 +100,14 @@ def test_not_a_notebook_and_empty_answers(graded):
     assert "(empty)" in page and "A tie carries no preference" in page and "bob_nograd" in page
 
 
-def test_exported_answers_file_is_graded_like_the_notebook(tmp_path):
+def test_exported_answers_file_is_graded_like_the_notebook(tmp_path, sandboxed):
     from lab7_helpers import export_answers
 
     notebook = tmp_path / "lab7.ipynb"
     notebook.write_text(json.dumps(submission()))
     exported = export_answers(tmp_path / "alice.json", notebook_path=notebook)
     assert read_submission(exported) == read_submission(notebook)
-    sandbox_flag = [] if SANDBOXED else ["--no-sandbox"]
+    sandbox_flag = [] if sandboxed else ["--no-sandbox"]
     assert main(["grade", str(exported), "--out", str(tmp_path / "out"), *sandbox_flag]) == 0
     grades = pd.read_csv(tmp_path / "out" / "grades.csv", index_col="student")
     assert grades.loc["alice", "total"] == FULL_MARKS

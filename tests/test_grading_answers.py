@@ -3,7 +3,6 @@ TODO point. Each hand-in is built from the solution notebook."""
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +17,6 @@ from lab7_helpers.grading.submissions import extract, questions_from_notebook
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTION = json.loads((ROOT / "instructor" / "lab7_solution.ipynb").read_text())
 CHECKPOINTS = list(load_rubric()["checkpoints"])
-SANDBOXED = shutil.which("bwrap") is not None  # CI installs bubblewrap; without it, grade as --no-sandbox does
 ANSWERS = {key: f"My answer to {key}: the first line.\nA second line, with *markdown*." for key in CHECKPOINTS}
 FULL_MARKS = sum(todo.points for todo in TODOS.values())  # the one table of TODO checks
 
@@ -176,7 +174,7 @@ def write(path: Path, notebook: dict, age_seconds: float = 0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graded_class(tmp_path_factory):
+def graded_class(tmp_path_factory, sandboxed):
     folder = tmp_path_factory.mktemp("handins")
     flat = folder / "class"
     write(flat / "alice.ipynb", HAND_INS["answer cell"][0]())
@@ -193,7 +191,7 @@ def graded_class(tmp_path_factory):
     no_answers["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": 'STUDENT_NAME = "Henry Ito"\n'})
     write(flat / "submission_0815.ipynb", no_answers)
     grades = grade([str(flat), str(folder / "erin")], folder / "out", limits=Limits(wall_seconds=90, todo_seconds=10),
-                   progress=False, sandboxed=SANDBOXED)
+                   progress=False, sandboxed=sandboxed)
     return folder, grades
 
 

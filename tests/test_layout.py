@@ -2,6 +2,7 @@
 beside the main job) and the engine has one door."""
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lab7_helpers"
@@ -83,8 +84,6 @@ def test_nothing_imports_a_module_python_3_13_removed():
 
 
 def test_the_readme_gives_the_teaching_core_its_true_size():
-    import re
-
     readme = (PACKAGE.parent / "README.md").read_text()
     section = readme.split("The **teaching core**", 1)[1].split("Beside it", 1)[0]
     modules = re.findall(r"^\| `(\w+\.py)` \|", section, re.M)
